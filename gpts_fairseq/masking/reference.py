@@ -34,8 +34,9 @@ class _Draws:
 
     def per_position(self, stream: int, length: int) -> np.ndarray:
         """Streams 0 and 1: position p reads word ``p & 3`` of counter ``p >> 2``; [B, length]."""
-        words = self._words(np.arange((length + 3) // 4, dtype=np.uint64), stream)
-        return np.stack(words, axis=-1).reshape(len(self.sample_ids), -1)[:, :length]
+        counters = (length + 3) // 4
+        words = self._words(np.arange(counters, dtype=np.uint64), stream)
+        return np.stack(words, axis=-1).reshape(len(self.sample_ids), 4 * counters)[:, :length]
 
     def token_words(self, length: int):
         """Stream 2 at counter p: (u_kind, u_repl, u_len) for every position; each [B, length]."""
@@ -93,6 +94,8 @@ def mask_tokens_reference(
     inputs; ``gpts_fairseq.masking.mask_tokens`` validates them.
     """
     device, dtype = tokens.device, tokens.dtype
+    if tokens.numel() == 0:
+        return tokens.clone(), tokens.clone()
     ids = tokens.detach().cpu().numpy().astype(np.int64, copy=False)
     batch, length = ids.shape
     maskable_table = maskable.detach().cpu().numpy().astype(bool, copy=False)
