@@ -63,7 +63,10 @@ def test_psi_is_frozen_and_hashable():
         (dict(mask_idx=-1), f"mask_idx must be in [0, {VOCAB})"),
         (dict(pad_idx=VOCAB + 5), f"pad_idx must be in [0, {VOCAB})"),
         (dict(special_ids=[0, 5000]), "special_ids entry must be in"),
-        (dict(mask_multiple_length=0), "mask_multiple_length must be an integer >= 1"),
+        (dict(mask_multiple_length=0), "mask_multiple_length must be >= 1, got 0"),
+        (dict(mask_multiple_length=2.5), "mask_multiple_length must be an integer, got 2.5"),
+        (dict(mask_idx=True), "mask_idx must be an integer, got True"),
+        (dict(mask_stdev="wide"), "mask_stdev must be a number >= 0, got 'wide'"),
         (dict(mask_stdev=-1.0), "mask_stdev must be finite and >= 0"),
         (dict(vocab_size=0), "vocab_size must be >= 1"),
         (dict(word_start=[True] * 10), f"word_start must have one flag per vocabulary id ({VOCAB})"),
@@ -95,6 +98,10 @@ def test_spec_tables():
     assert make_spec().word_start.shape == (0,)
     assert make_spec().span_cdf.tolist() == [0, 2**32]
     assert spec.tables("cpu") is spec.tables(torch.device("cpu"))
+    from_tensors = make_spec(
+        special_ids=torch.tensor([0, 1, 2, 3]), mask_idx=np.int64(MASK), mask_multiple_length=np.int32(3)
+    )
+    assert torch.equal(from_tensors.maskable, spec.maskable) and from_tensors.mask_multiple_length == 3
 
 
 @pytest.mark.parametrize(

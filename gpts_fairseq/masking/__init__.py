@@ -5,6 +5,7 @@ bit-identical numpy reference with one warning. The algorithm: docs/masking-algo
 """
 
 import importlib
+import operator
 import warnings
 
 import torch
@@ -35,11 +36,12 @@ def _compiled_op():
 
 
 def _check_int(name, value, upper):
-    if isinstance(value, bool) or not isinstance(value, int):
-        try:
-            value = int(value.__index__())
-        except (AttributeError, TypeError):
-            raise ValueError(f"{name} must be an integer in [0, {upper}), got {value!r}") from None
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer in [0, {upper}), got {value!r}") from None
     if not 0 <= value < upper:
         raise ValueError(f"{name} must be in [0, {upper}), got {value}")
     return value

@@ -5,6 +5,7 @@ vocabulary and options, and holds the lookup tables the op reads (docs/masking-a
 """
 
 import math
+import operator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,12 +81,21 @@ def replacement_cdf(weights: np.ndarray) -> np.ndarray:
     return cdf
 
 
+def _integer(name, value) -> int:
+    """``value`` as an int (ints, numpy ints, one-element integer tensors; not bools)."""
+    try:
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+
+
 def _check_index(name, value, vocab_size):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer token id, got {value!r}")
+    value = _integer(name, value)
     if not 0 <= value < vocab_size:
         raise ValueError(f"{name} must be in [0, {vocab_size}) (the vocabulary), got {value}")
-    return int(value)
+    return value
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,20 +136,18 @@ class MaskingSpec:
         ``counts``: per-id frequencies, used when ``freq_weighted`` (fairseq's
         ``--freq-weighted-replacement``); otherwise replacements are uniform.
         """
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)):
-            raise ValueError(f"vocab_size must be a positive integer, got {vocab_size!r}")
+        vocab_size = _integer("vocab_size", vocab_size)
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
-        vocab_size = int(vocab_size)
         mask_idx = _check_index("mask_idx", mask_idx, vocab_size)
         pad_idx = _check_index("pad_idx", pad_idx, vocab_size)
-        if isinstance(mask_multiple_length, bool) or not isinstance(
-            mask_multiple_length, (int, np.integer)
-        ) or mask_multiple_length < 1:
-            raise ValueError(
-                f"mask_multiple_length must be an integer >= 1, got {mask_multiple_length!r}"
-            )
-        mask_stdev = float(mask_stdev)
+        mask_multiple_length = _integer("mask_multiple_length", mask_multiple_length)
+        if mask_multiple_length < 1:
+            raise ValueError(f"mask_multiple_length must be >= 1, got {mask_multiple_length}")
+        try:
+            mask_stdev = float(mask_stdev)
+        except (TypeError, ValueError):
+            raise ValueError(f"mask_stdev must be a number >= 0, got {mask_stdev!r}") from None
         if not 0.0 <= mask_stdev < math.inf:
             raise ValueError(f"mask_stdev must be finite and >= 0, got {mask_stdev}")
 
@@ -185,12 +193,12 @@ class MaskingSpec:
             mask_idx=mask_idx,
             pad_idx=pad_idx,
             exact=bool(exact),
-            mask_multiple_length=int(mask_multiple_length),
+            mask_multiple_length=mask_multiple_length,
             mask_stdev=mask_stdev,
             maskable=torch.from_numpy(maskable),
             word_start=torch.from_numpy(word_start_table),
             replace_cdf=torch.from_numpy(replacement_cdf(weights)),
-            span_cdf=torch.from_numpy(span_length_cdf(int(mask_multiple_length), mask_stdev)),
+            span_cdf=torch.from_numpy(span_length_cdf(mask_multiple_length, mask_stdev)),
         )
 
     def tables(self, device) -> tuple:
