@@ -1,0 +1,344 @@
+"""Load finished (or running) pre-training runs: the bandit history, fairseq's JSON log, run.json.
+
+A run is a fairseq save dir holding any of
+- ``gpts_history.jsonl``: one JSON object per interaction (schema in docs/TEAM_NOTES.md);
+- ``train.log``: fairseq's ``--log-file`` written with ``--log-format json``; its ``valid``
+  lines (``... | INFO | valid | {"epoch": 1, "valid_loss": "8.894", ..., "valid_num_updates": "100"}``)
+  give the reference-masking validation loss (base 2) per update;
+- ``run.json``: what the run is, written by whoever launched it (see :class:`RunInfo`).
+A run can also be rebuilt from the result JSON written by ``Run.to_result`` (no posteriors),
+so reports can be regenerated after the save dirs are gone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+HISTORY_FILE = "gpts_history.jsonl"
+LOG_FILE = "train.log"
+RUN_INFO_FILE = "run.json"
+PSI_DIMS = ("mask_prob", "leave_unmasked_prob", "random_token_prob")
+REFERENCE_PSI = {"mask_prob": 0.15, "leave_unmasked_prob": 0.1, "random_token_prob": 0.1}
+
+_LOG_LINE = re.compile(r"\|\s*(?P<tag>[\w.-]+)\s*\|\s*(?P<payload>\{.*\})\s*$")
+
+
+class RunFormatError(ValueError):
+    """A history, log or run.json that does not follow the documented format."""
+
+
+@dataclass(frozen=True)
+class Posterior:
+    """GP posterior after one observation, over arms (rows) in the named dimensions."""
+
+    dims: tuple[str, ...]
+    arms: np.ndarray  # (n_arms, len(dims))
+    mean: np.ndarray  # (n_arms,)
+    std: np.ndarray  # (n_arms,)
+
+
+@dataclass(frozen=True)
+class Interaction:
+    """One finished bandit interaction: psi in force over [update, end_update) and its reward."""
+
+    interaction: int
+    epoch: int | None
+    update: int
+    end_update: int | None
+    psi: dict[str, float]
+    prev_val_loss: float | None
+    val_loss: float | None
+    reward: float | None
+    policy: str | None
+    decision_time_s: float | None
+    posterior: Posterior | None = None
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Contents of run.json: written by the benchmark driver (or by hand) into a save dir.
+
+    ``label`` groups runs in plots and tables (one colour per label); ``policy`` is the
+    ``--gpts-policy`` value; ``psi`` is the starting (for ``constant``: the only) psi.
+    """
+
+    label: str
+    policy: str | None = None
+    seed: int | None = None
+    corpus: str | None = None
+    budget_updates: int | None = None
+    psi: dict[str, float] | None = None
+    arms: str | None = None
+    context: str | None = None
+    fairseq_args: list[str] = field(default_factory=list)
+
+    def write(self, save_dir: Path) -> Path:
+        path = Path(save_dir) / RUN_INFO_FILE
+        path.write_text(json.dumps(asdict(self), indent=1) + "\n")
+        return path
+
+
+@dataclass
+class Run:
+    """Everything the report needs about one run."""
+
+    name: str
+    info: RunInfo
+    interactions: list[Interaction]
+    val_curve: list[tuple[int, float]]  # (update, reference validation loss), sorted by update
+    wall_time_s: float | None = None
+
+    @property
+    def final_val_loss(self) -> float | None:
+        return self.val_curve[-1][1] if self.val_curve else None
+
+    @property
+    def psi_sequence(self) -> list[dict[str, Any]]:
+        return [
+            {"interaction": i.interaction, "update": i.update, "end_update": i.end_update, "psi": i.psi}
+            for i in self.interactions
+        ]
+
+    def is_reference_constant(self) -> bool:
+        """A ``constant`` run at fairseq's default masking (rho=0.15, gamma=lambda=0.1)."""
+        if self.info.policy != "constant":
+            return False
+        psis = [self.info.psi] if self.info.psi else [i.psi for i in self.interactions]
+        return bool(psis) and all(_same_psi(p, REFERENCE_PSI) for p in psis)
+
+    def to_result(self) -> dict[str, Any]:
+        """Plain-JSON summary (no posteriors), readable back with :func:`run_from_result`."""
+        return {
+            "name": self.name,
+            "corpus": self.info.corpus,
+            "policy": self.info.label,
+            "seed": self.info.seed,
+            "budget_updates": self.info.budget_updates,
+            "final_val_loss": self.final_val_loss,
+            "val_curve": [[u, loss] for u, loss in self.val_curve],
+            "wall_time_s": self.wall_time_s,
+            "psi_sequence": self.psi_sequence,
+            "interactions": [_interaction_to_json(i) for i in self.interactions],
+            "run_info": asdict(self.info),
+        }
+
+
+def _same_psi(a: dict[str, float], b: dict[str, float]) -> bool:
+    return all(math.isclose(a.get(k, math.nan), v, abs_tol=1e-9) for k, v in b.items())
+
+
+def _interaction_to_json(i: Interaction) -> dict[str, Any]:
+    out = asdict(i)
+    out["posterior"] = None
+    return out
+
+
+def _number(value: Any, key: str, where: str, optional: bool = True) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RunFormatError(f"{where}: {key!r} must be a number{' or null' if optional else ''}, got {value!r}")
+    return float(value)
+
+
+def _integer(value: Any, key: str, where: str, optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise RunFormatError(f"{where}: {key!r} must be an integer >= 0, got {value!r}")
+    return value
+
+
+def _psi(value: Any, key: str, where: str) -> dict[str, float]:
+    if not isinstance(value, dict) or not value:
+        raise RunFormatError(f"{where}: {key!r} must be an object name -> value, got {value!r}")
+    out = {}
+    for name, v in value.items():
+        x = _number(v, f"{key}.{name}", where, optional=False)
+        if not 0.0 <= x <= 1.0:
+            raise RunFormatError(f"{where}: {key}.{name} must be in [0, 1], got {x}")
+        out[name] = x
+    return out
+
+
+def _posterior(value: Any, where: str) -> Posterior | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not {"dims", "arms", "mean", "std"} <= value.keys():
+        raise RunFormatError(f"{where}: 'posterior' must be null or have dims, arms, mean, std")
+    dims = tuple(value["dims"])
+    try:
+        arms = np.asarray(value["arms"], dtype=float).reshape(len(value["arms"]), len(dims))
+        mean = np.asarray(value["mean"], dtype=float)
+        std = np.asarray(value["std"], dtype=float)
+    except (TypeError, ValueError) as err:
+        raise RunFormatError(f"{where}: 'posterior' arms/mean/std must be numeric arrays ({err})") from None
+    if not len(dims) or mean.shape != (len(arms),) or std.shape != (len(arms),):
+        raise RunFormatError(
+            f"{where}: 'posterior' needs one arm row per mean/std value with one column per dim "
+            f"(dims {len(dims)}, arms {arms.shape}, mean {mean.shape}, std {std.shape})"
+        )
+    return Posterior(dims, arms, mean, std)
+
+
+def parse_interaction(record: Any, where: str) -> Interaction:
+    """Validate one history record (a decoded JSON line) against the TEAM_NOTES schema."""
+    if not isinstance(record, dict):
+        raise RunFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    missing = {"interaction", "update", "psi", "val_loss", "reward"} - record.keys()
+    if missing:
+        raise RunFormatError(f"{where}: missing key(s) {', '.join(sorted(missing))}")
+    update = _integer(record["update"], "update", where)
+    end_update = _integer(record.get("end_update"), "end_update", where, optional=True)
+    if end_update is not None and end_update < update:
+        raise RunFormatError(f"{where}: 'end_update' ({end_update}) is before 'update' ({update})")
+    policy = record.get("policy")
+    return Interaction(
+        interaction=_integer(record["interaction"], "interaction", where),
+        epoch=_integer(record.get("epoch"), "epoch", where, optional=True),
+        update=update,
+        end_update=end_update,
+        psi=_psi(record["psi"], "psi", where),
+        prev_val_loss=_number(record.get("prev_val_loss"), "prev_val_loss", where),
+        val_loss=_number(record["val_loss"], "val_loss", where),
+        reward=_number(record["reward"], "reward", where),
+        policy=policy if isinstance(policy, str) else None,
+        decision_time_s=_number(record.get("decision_time_s"), "decision_time_s", where),
+        posterior=_posterior(record.get("posterior"), where),
+    )
+
+
+def read_history(path: Path) -> list[Interaction]:
+    """All interactions of a gpts_history.jsonl, checked for order (0, 1, 2, ... by update).
+
+    A last line without its newline is a record being written right now: it is ignored.
+    """
+    text = Path(path).read_text(encoding="utf-8")
+    lines = text.split("\n")
+    if lines and lines[-1] and not text.endswith("\n"):
+        lines = lines[:-1]
+    out: list[Interaction] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise RunFormatError(f"{where}: not JSON ({err.msg})") from None
+        out.append(parse_interaction(record, where))
+    for prev, cur in zip(out, out[1:]):
+        if cur.interaction != prev.interaction + 1 or cur.update < prev.update:
+            raise RunFormatError(
+                f"{path}: interactions must be consecutive and start at non-decreasing updates; "
+                f"got interaction {prev.interaction} (update {prev.update}) then "
+                f"{cur.interaction} (update {cur.update})"
+            )
+    return out
+
+
+def iter_log_records(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
+    """(tag, stats) for every JSON stats line of a fairseq ``--log-format json`` log."""
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            match = _LOG_LINE.search(line)
+            if not match:
+                continue
+            try:
+                payload = json.loads(match["payload"])
+            except json.JSONDecodeError:
+                continue  # e.g. a config dump that happens to end in '}'
+            if isinstance(payload, dict):
+                yield match["tag"], payload
+
+
+def read_valid_curve(path: Path, subset: str = "valid") -> list[tuple[int, float]]:
+    """(update, loss) from the ``<subset>`` lines of a fairseq JSON log, sorted by update.
+
+    fairseq writes values as strings ("8.894"); a run resumed into the same log repeats
+    updates, and the later line wins.
+    """
+    loss_key, update_key = f"{subset}_loss", f"{subset}_num_updates"
+    by_update: dict[int, float] = {}
+    for tag, stats in iter_log_records(path):
+        if tag != subset or loss_key not in stats or update_key not in stats:
+            continue
+        try:
+            update, loss = int(float(stats[update_key])), float(stats[loss_key])
+        except (TypeError, ValueError):
+            raise RunFormatError(f"{path}: unreadable {subset} line {stats}") from None
+        if math.isfinite(loss):
+            by_update[update] = loss
+    return sorted(by_update.items())
+
+
+def read_run_info(path: Path) -> RunInfo:
+    """Parse a run.json (only ``label`` is required)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise RunFormatError(f"{path}: not JSON ({err.msg})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("label"), str):
+        raise RunFormatError(f"{path}: must be a JSON object with a string 'label'")
+    known = set(RunInfo.__dataclass_fields__)
+    return RunInfo(**{k: v for k, v in data.items() if k in known})
+
+
+def is_run_dir(path: Path) -> bool:
+    return any((Path(path) / name).is_file() for name in (HISTORY_FILE, LOG_FILE, RUN_INFO_FILE))
+
+
+def load_run(save_dir: Path, subset: str = "valid") -> Run:
+    """Read a save dir. Without run.json the label is the history's policy (or the dir name)."""
+    save_dir = Path(save_dir)
+    history = save_dir / HISTORY_FILE
+    log = save_dir / LOG_FILE
+    interactions = read_history(history) if history.is_file() else []
+    curve = read_valid_curve(log, subset) if log.is_file() else []
+    if not interactions and not curve:
+        raise RunFormatError(f"{save_dir}: no interactions in {HISTORY_FILE} and no {subset} lines in {LOG_FILE}")
+    info_path = save_dir / RUN_INFO_FILE
+    if info_path.is_file():
+        info = read_run_info(info_path)
+    else:
+        policy = next((i.policy for i in interactions if i.policy), None)
+        info = RunInfo(label=policy or save_dir.name, policy=policy)
+    return Run(name=save_dir.name, info=info, interactions=interactions, val_curve=curve)
+
+
+def run_from_result(data: dict[str, Any], where: str = "result") -> Run:
+    """Rebuild a :class:`Run` from :meth:`Run.to_result` output."""
+    try:
+        info = RunInfo(**data["run_info"])
+        interactions = [
+            parse_interaction(rec, f"{where}: interactions[{k}]") for k, rec in enumerate(data["interactions"])
+        ]
+        curve = [(int(u), float(loss)) for u, loss in data["val_curve"]]
+    except (KeyError, TypeError, ValueError) as err:
+        raise RunFormatError(f"{where}: not a run result ({err})") from None
+    return Run(data.get("name", info.label), info, interactions, curve, data.get("wall_time_s"))
+
+
+def discover_runs(paths: Iterable[Path], subset: str = "valid") -> list[Run]:
+    """Runs from save dirs, result JSON files, or folders holding either (searched recursively)."""
+    runs: list[Run] = []
+    for path in map(Path, paths):
+        if path.is_file() and path.suffix == ".json":
+            runs.append(run_from_result(json.loads(path.read_text()), str(path)))
+        elif path.is_dir() and is_run_dir(path):
+            runs.append(load_run(path, subset))
+        elif path.is_dir():
+            found = sorted({p.parent for name in (HISTORY_FILE, LOG_FILE, RUN_INFO_FILE) for p in path.rglob(name)})
+            if not found:
+                raise RunFormatError(f"{path}: no save dirs ({HISTORY_FILE}, {LOG_FILE} or {RUN_INFO_FILE}) inside")
+            runs.extend(load_run(p, subset) for p in found)
+        else:
+            raise RunFormatError(f"{path}: not a save dir, a folder of save dirs, or a result .json")
+    return runs

@@ -1,0 +1,139 @@
+"""Numbers of the report: final losses, updates to reach a target loss, per-label aggregates.
+
+"Updates to reach" a target is the first validated update whose loss is <= target (so its
+resolution is the validation interval); ``None`` means not reached. Per label, runs are
+summarised by the mean and sample std of their final losses, and by when the seed-mean
+curve (mean over runs at the updates they all validated) first reaches the target.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Sequence
+
+from .history import Run
+
+
+def updates_to_reach(curve: Sequence[tuple[int, float]], target: float) -> int | None:
+    """First update whose validation loss is <= target, or None."""
+    return next((update for update, loss in curve if loss <= target), None)
+
+
+def mean_curve(runs: Sequence[Run]) -> list[tuple[int, float]]:
+    """Mean loss over runs at the updates every run validated."""
+    curves = [dict(run.val_curve) for run in runs if run.val_curve]
+    if not curves:
+        return []
+    common = sorted(set.intersection(*(set(c) for c in curves)))
+    return [(u, statistics.fmean(c[u] for c in curves)) for u in common]
+
+
+def reference_target(runs: Sequence[Run]) -> float | None:
+    """Mean final loss of the constant rho=0.15 (gamma=lambda=0.1) runs, if any."""
+    finals = [r.final_val_loss for r in runs if r.is_reference_constant() and r.final_val_loss is not None]
+    return statistics.fmean(finals) if finals else None
+
+
+def group_by_label(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    """Runs per label, labels in first-seen order, runs sorted by seed."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.info.label, []).append(run)
+    for members in groups.values():
+        members.sort(key=lambda r: (r.info.seed is None, r.info.seed or 0, r.name))
+    return groups
+
+
+def budget_of(runs: Sequence[Run]) -> int | None:
+    """The update budget: from run.json, else the last validated/interaction update."""
+    budgets = [r.info.budget_updates for r in runs if r.info.budget_updates]
+    if budgets:
+        return max(budgets)
+    ends = [r.val_curve[-1][0] for r in runs if r.val_curve]
+    ends += [i.end_update for r in runs for i in r.interactions if i.end_update is not None]
+    return max(ends) if ends else None
+
+
+@dataclass(frozen=True)
+class LabelSummary:
+    label: str
+    runs: int
+    final_mean: float | None
+    final_std: float | None  # sample std; None with fewer than two runs
+    updates_to_target: int | None  # of the seed-mean curve
+    budget: int | None
+
+    @property
+    def fraction_of_budget(self) -> float | None:
+        if self.updates_to_target is None or not self.budget:
+            return None
+        return self.updates_to_target / self.budget
+
+
+def summarise_label(label: str, runs: Sequence[Run], target: float | None, budget: int | None) -> LabelSummary:
+    finals = [r.final_val_loss for r in runs if r.final_val_loss is not None]
+    curve = mean_curve(runs)
+    return LabelSummary(
+        label=label,
+        runs=len(runs),
+        final_mean=statistics.fmean(finals) if finals else None,
+        final_std=statistics.stdev(finals) if len(finals) > 1 else None,
+        updates_to_target=updates_to_reach(curve, target) if target is not None else None,
+        budget=budget,
+    )
+
+
+def run_display_name(run: Run) -> str:
+    return f"{run.info.label} seed {run.info.seed}" if run.info.seed is not None else f"{run.info.label} ({run.name})"
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def format_loss(mean: float | None, std: float | None) -> str:
+    return _fmt(mean) if std is None else f"{_fmt(mean)} ± {_fmt(std)}"
+
+
+def format_reach(updates: int | None, budget: int | None, target: float | None) -> str:
+    if target is None:
+        return "no target"
+    if updates is None:
+        return "not reached"
+    return f"{updates} ({updates / budget:.2f})" if budget else str(updates)
+
+
+def runs_table(runs: Sequence[Run], target: float | None) -> str:
+    """Markdown: one row per run."""
+    rows = [
+        "| run | policy | seed | last update | final val loss | updates to target |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for label, members in group_by_label(runs).items():
+        for run in members:
+            last = run.val_curve[-1][0] if run.val_curve else None
+            reach = updates_to_reach(run.val_curve, target) if target is not None else None
+            rows.append(
+                f"| {run_display_name(run)} | {label} | {'–' if run.info.seed is None else run.info.seed} | "
+                f"{'–' if last is None else last} | {_fmt(run.final_val_loss)} | "
+                f"{format_reach(reach, budget_of([run]), target)} |"
+            )
+    return "\n".join(rows)
+
+
+def label_table(runs: Sequence[Run], target: float | None, budget: int | None = None) -> str:
+    """Markdown: one row per label (policy), seeds aggregated."""
+    budget = budget if budget is not None else budget_of(runs)
+    rows = [
+        "| policy | runs | final val loss (mean ± std) | updates to target, seed-mean curve (fraction of budget) |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, members in group_by_label(runs).items():
+        s = summarise_label(label, members, target, budget)
+        rows.append(
+            f"| {label} | {s.runs} | {format_loss(s.final_mean, s.final_std)} | "
+            f"{format_reach(s.updates_to_target, budget, target)} |"
+        )
+    return "\n".join(rows)

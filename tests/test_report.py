@@ -1,0 +1,260 @@
+"""gpts-report on synthetic save dirs whose numbers are known by hand.
+
+Synthetic runs (validated every 10 updates, budget 40):
+    constant-0.15 seed 1: 10.0  9.0  8.0  7.5      (its log also holds a stale 99.0 at update 40)
+    constant-0.15 seed 2: 10.0  9.2  8.2  7.7      -> target = mean final = 7.6
+    gp-ts-rho     seed 1:  9.5  8.0  7.55 7.2      -> reaches 7.6 at update 30
+    gp-ts-rho     seed 2:  9.6  8.1  7.61 7.4      -> reaches 7.6 at update 40
+                  mean:    9.55 8.05 7.58 7.3      -> reaches 7.6 at update 30 (0.75 of the budget)
+    gp-ts-psi     seed 1:  9.0  8.0  7.0  6.5      -> reaches at 30
+    random        seed 1: 10.1  9.5  9.0  8.5      -> not reached
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+matplotlib = pytest.importorskip("matplotlib")
+from matplotlib import image as mpimg  # noqa: E402
+
+from gpts_fairseq.report import cli  # noqa: E402
+from gpts_fairseq.report.history import (  # noqa: E402
+    RunFormatError,
+    RunInfo,
+    discover_runs,
+    load_run,
+    read_history,
+    read_valid_curve,
+    run_from_result,
+)
+from gpts_fairseq.report.plots import choose_interactions  # noqa: E402
+from gpts_fairseq.report.summary import mean_curve, reference_target, updates_to_reach  # noqa: E402
+
+UPDATES = [10, 20, 30, 40]
+RHO_ARMS = [round(0.05 * k, 2) for k in range(1, 11)]
+
+
+def fairseq_log(curve, stale=None) -> str:
+    """Lines as fairseq 0.12 writes them with --log-format json --log-file."""
+    lines = [
+        "2026-11-22 18:45:07 | INFO | fairseq_cli.train | {'_name': None, 'common': {'seed': 1}}",
+        '2026-11-22 18:45:09 | INFO | fairseq_cli.train | begin dry-run validation on "valid" subset',
+    ]
+    for update, loss in (stale or []):
+        lines.append(f'2026-11-22 18:45:10 | INFO | valid | {{"epoch": 1, "valid_loss": "{loss}", '
+                     f'"valid_ppl": "9.9", "valid_num_updates": "{update}"}}')
+    for update, loss in zip(UPDATES, curve):
+        lines.append(f'2026-11-22 18:45:11 | INFO | train_inner | {{"epoch": 1, "update": 0.1, "loss": "12.9", '
+                     f'"num_updates": "{update}"}}')
+        lines.append(f'2026-11-22 18:45:14 | INFO | valid | {{"epoch": 1, "valid_loss": "{loss}", '
+                     f'"valid_ppl": "2893.54", "valid_wps": "52528.6", "valid_num_updates": "{update}"}}')
+    lines.append('2026-11-22 18:45:27 | INFO | train | {"epoch": 1, "train_loss": "9.467", "train_num_updates": "40"}')
+    return "\n".join(lines) + "\n"
+
+
+def posterior(dims, picked):
+    if len(dims) == 1:
+        arms = [[r] for r in RHO_ARMS]
+    else:
+        arms = [[r, g, lam] for r in RHO_ARMS[:4] for g in (0.0, 0.1, 0.2) for lam in (0.0, 0.1)]
+    arms_np = np.array(arms)
+    mean = -np.abs(arms_np[:, 0] - picked)
+    return {"dims": dims, "arms": arms, "mean": mean.tolist(), "std": (0.1 + 0.01 * np.arange(len(arms))).tolist()}
+
+
+def history(curve, policy, rhos, dims=None):
+    lines, prev = [], 11.0
+    for k, (update, loss, rho) in enumerate(zip(UPDATES, curve, rhos)):
+        psi = {"mask_prob": rho, "leave_unmasked_prob": 0.1, "random_token_prob": 0.1}
+        lines.append(json.dumps({
+            "interaction": k, "epoch": 1, "update": update - 10, "end_update": update, "psi": psi,
+            "prev_val_loss": prev, "val_loss": loss, "reward": (prev - loss) / prev, "policy": policy,
+            "next_psi": psi, "decision_time_s": 0.01,
+            "posterior": posterior(dims, rho) if dims else None,
+        }))
+        prev = loss
+    return "\n".join(lines) + "\n"
+
+
+def make_run(root: Path, label, policy, seed, curve, rhos, dims=None, stale=None, psi=None) -> Path:
+    save = root / label / f"seed{seed}"
+    save.mkdir(parents=True)
+    (save / "train.log").write_text(fairseq_log(curve, stale))
+    (save / "gpts_history.jsonl").write_text(history(curve, policy, rhos, dims))
+    RunInfo(label=label, policy=policy, seed=seed, corpus="synthetic", budget_updates=40, psi=psi).write(save)
+    return save
+
+
+REF = {"mask_prob": 0.15, "leave_unmasked_prob": 0.1, "random_token_prob": 0.1}
+
+
+@pytest.fixture
+def runs_root(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root, "constant-0.15", "constant", 1, [10.0, 9.0, 8.0, 7.5], [0.15] * 4, stale=[(40, 99.0)], psi=REF)
+    make_run(root, "constant-0.15", "constant", 2, [10.0, 9.2, 8.2, 7.7], [0.15] * 4, psi=REF)
+    make_run(root, "gp-ts-rho", "gp-ts", 1, [9.5, 8.0, 7.55, 7.2], [0.3, 0.2, 0.15, 0.25], dims=["mask_prob"])
+    make_run(root, "gp-ts-rho", "gp-ts", 2, [9.6, 8.1, 7.61, 7.4], [0.1, 0.2, 0.15, 0.25], dims=["mask_prob"])
+    make_run(root, "gp-ts-psi", "gp-ts", 1, [9.0, 8.0, 7.0, 6.5], [0.05, 0.1, 0.15, 0.2],
+             dims=["mask_prob", "leave_unmasked_prob", "random_token_prob"])
+    make_run(root, "random", "random", 1, [10.1, 9.5, 9.0, 8.5], [0.4, 0.05, 0.5, 0.3])
+    return root
+
+
+def test_valid_curve_reads_fairseq_json_lines_later_line_wins(runs_root):
+    curve = read_valid_curve(runs_root / "constant-0.15" / "seed1" / "train.log")
+    assert curve == [(10, 10.0), (20, 9.0), (30, 8.0), (40, 7.5)]
+
+
+def test_history_round_trip_values(runs_root):
+    inter = read_history(runs_root / "gp-ts-rho" / "seed1" / "gpts_history.jsonl")
+    assert [i.update for i in inter] == [0, 10, 20, 30]
+    assert [i.psi["mask_prob"] for i in inter] == [0.3, 0.2, 0.15, 0.25]
+    assert inter[1].reward == pytest.approx((9.5 - 8.0) / 9.5)
+    assert inter[0].posterior.arms.shape == (10, 1)
+
+
+def test_numbers_by_hand(runs_root):
+    runs = discover_runs([runs_root])
+    assert len(runs) == 6
+    target = reference_target(runs)
+    assert target == pytest.approx(7.6)
+    gp = [r for r in runs if r.info.label == "gp-ts-rho"]
+    assert [updates_to_reach(r.val_curve, target) for r in gp] == [30, 40]
+    assert [loss for _, loss in mean_curve(gp)] == pytest.approx([9.55, 8.05, 7.58, 7.3])
+
+
+def test_report_writes_every_plot_and_the_right_table(runs_root, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert cli.main([str(runs_root), "--out", str(out)]) == 0
+    assert str(out / "summary.md") in capsys.readouterr().out
+    for name in ["val_loss.png", "psi.png", "reward.png", "posterior_gp-ts-rho_seed_1.png",
+                 "posterior_gp-ts-rho_seed_2.png", "posterior_gp-ts-psi_seed_1.png"]:
+        pixels = mpimg.imread(out / name)
+        assert pixels.shape[0] > 200 and pixels.shape[1] > 300
+        assert np.ptp(pixels[..., :3]) > 0.5, f"{name} is blank"
+    assert not list(out.glob("posterior_constant*")) and not list(out.glob("posterior_random*"))
+    text = (out / "summary.md").read_text()
+    assert "Target loss: 7.600 (mean final loss of the constant" in text
+    # per policy: mean ± sample std of final losses; seed-mean curve vs target
+    assert "| constant-0.15 | 2 | 7.600 ± 0.141 | 40 (1.00) |" in text
+    assert "| gp-ts-rho | 2 | 7.300 ± 0.141 | 30 (0.75) |" in text
+    assert "| gp-ts-psi | 1 | 6.500 | 30 (0.75) |" in text
+    assert "| random | 1 | 8.500 | not reached |" in text
+    # per run
+    assert "| constant-0.15 seed 1 | constant-0.15 | 1 | 40 | 7.500 | 40 (1.00) |" in text
+    assert "| constant-0.15 seed 2 | constant-0.15 | 2 | 40 | 7.700 | not reached |" in text
+    assert "| gp-ts-rho seed 2 | gp-ts-rho | 2 | 40 | 7.400 | 40 (1.00) |" in text
+    for name in ["val_loss.png", "psi.png", "reward.png", "posterior_gp-ts-psi_seed_1.png"]:
+        assert f"]({name})" in text
+
+
+def test_target_option_and_chosen_interactions(runs_root, tmp_path):
+    out = tmp_path / "report"
+    args = [str(runs_root / "gp-ts-rho" / "seed1"), str(runs_root / "random" / "seed1"),
+            "--out", str(out), "--target-loss", "9.05", "--interactions", "1,-1"]
+    assert cli.main(args) == 0
+    text = (out / "summary.md").read_text()
+    assert "Target loss: 9.050 (given with --target-loss)" in text
+    assert "| gp-ts-rho seed 1 | gp-ts-rho | 1 | 40 | 7.200 | 20 (0.50) |" in text
+    assert "| random seed 1 | random | 1 | 40 | 8.500 | 30 (0.75) |" in text
+    run = load_run(runs_root / "gp-ts-rho" / "seed1")
+    assert [i.interaction for i in choose_interactions(run, [1, -1, 3, 7])] == [1, 3]
+    assert [i.interaction for i in choose_interactions(run, None)] == [0, 2, 3]
+
+
+def test_without_reference_runs_there_is_no_target(runs_root, tmp_path):
+    out = tmp_path / "report"
+    assert cli.main([str(runs_root / "random"), "--out", str(out)]) == 0
+    text = (out / "summary.md").read_text()
+    assert "No target loss" in text and "| random | 1 | 8.500 | no target |" in text
+
+
+def test_result_json_round_trip_gives_the_same_table(runs_root, tmp_path):
+    results = []
+    for run in discover_runs([runs_root]):
+        path = tmp_path / f"{run.info.label}-{run.info.seed}.json"
+        path.write_text(json.dumps(run.to_result()))
+        results.append(str(path))
+    back = run_from_result(json.loads((tmp_path / "gp-ts-rho-1.json").read_text()))
+    assert back.val_curve == [(10, 9.5), (20, 8.0), (30, 7.55), (40, 7.2)] and back.final_val_loss == 7.2
+    assert [p["psi"]["mask_prob"] for p in back.to_result()["psi_sequence"]] == [0.3, 0.2, 0.15, 0.25]
+    assert cli.main([*results, "--out", str(tmp_path / "from_json")]) == 0
+    text = (tmp_path / "from_json" / "summary.md").read_text()
+    assert "| gp-ts-rho | 2 | 7.300 ± 0.141 | 30 (0.75) |" in text
+
+
+def test_run_without_run_json_is_labelled_by_its_history(runs_root):
+    save = runs_root / "gp-ts-rho" / "seed1"
+    (save / "run.json").unlink()
+    run = load_run(save)
+    assert run.info.label == "gp-ts" and run.info.seed is None and run.final_val_loss == 7.2
+
+
+def test_a_record_being_written_is_ignored(tmp_path):
+    path = tmp_path / "gpts_history.jsonl"
+    good = history([9.0, 8.0], "random", [0.2, 0.3])
+    path.write_text(good + '{"interaction": 2, "upd')
+    assert len(read_history(path)) == 2
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda r: r.pop("reward"), "missing key(s) reward"),
+        (lambda r: r["psi"].update(mask_prob=1.5), "psi.mask_prob must be in [0, 1]"),
+        (lambda r: r.update(update=-1), "'update' must be an integer >= 0"),
+        (lambda r: r.update(val_loss="8.1"), "'val_loss' must be a number"),
+        (lambda r: r.update(end_update=0, update=5), "'end_update' (0) is before 'update' (5)"),
+        (lambda r: r.update(posterior={"dims": ["mask_prob"], "arms": [[0.1]], "mean": [1, 2], "std": [1]}),
+         "one arm row per mean/std value"),
+    ],
+)
+def test_bad_history_names_the_line_and_key(tmp_path, edit, message):
+    record = json.loads(history([9.0], "random", [0.2]).splitlines()[0])
+    edit(record)
+    path = tmp_path / "gpts_history.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(RunFormatError) as err:
+        read_history(path)
+    assert f"{path}:1" in str(err.value) and message in str(err.value)
+
+
+def test_out_of_order_history_is_rejected(tmp_path):
+    lines = history([9.0, 8.0, 7.0], "random", [0.2, 0.3, 0.4]).splitlines()
+    path = tmp_path / "gpts_history.jsonl"
+    path.write_text("\n".join([lines[0], lines[2]]) + "\n")
+    with pytest.raises(RunFormatError, match="consecutive"):
+        read_history(path)
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    assert cli.main([str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "not a save dir" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main([str(empty), "--out", str(tmp_path / "o")]) == 2
+    assert "no save dirs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main([str(empty), "--target-loss", "nan"])
+    assert "--target-loss: expected a finite number" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main([str(empty), "--interactions", "1,x"])
+    assert "--interactions" in capsys.readouterr().err
+
+
+def test_module_entry_point_runs(runs_root, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "m"
+    proc = subprocess.run([sys.executable, "-m", "gpts_fairseq.report", str(runs_root / "random"), "--out", str(out)],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert str(out / "summary.md") in proc.stdout
+    assert math.isfinite(load_run(runs_root / "random" / "seed1").final_val_loss)
