@@ -1,8 +1,41 @@
+"""Builds gpts_fairseq and its compiled masking op (gpts_fairseq._C, csrc/).
+
+A CUDA extension when torch was built with CUDA and nvcc is found (CUDA_HOME), else CPU only.
+torch is deliberately not in install_requires: build with the torch already installed
+(`pip install --no-build-isolation -e .`), so pip can never pull a different torch.
+"""
+
+import glob
+import os
+
 from setuptools import find_packages, setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fopenmp"]  # OpenMP: ATen's parallel_for backend
+NVCC_FLAGS = ["-O3", "--fmad=false"]
+
+
+def masking_extension():
+    cpp_sources = sorted(glob.glob("csrc/*.cpp", root_dir=HERE))
+    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu", root_dir=HERE))
+    common = dict(include_dirs=[os.path.join(HERE, "csrc")], extra_link_args=["-fopenmp"])
+    if torch.version.cuda is not None and CUDA_HOME is not None:
+        return CUDAExtension(
+            "gpts_fairseq._C",
+            cpp_sources + cuda_sources,
+            extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS},
+            **common,
+        )
+    return CppExtension("gpts_fairseq._C", cpp_sources, extra_compile_args={"cxx": CXX_FLAGS}, **common)
+
 
 setup(
     name="gpts-fairseq",
     version="0.1.0",
     packages=find_packages(include=["gpts_fairseq", "gpts_fairseq.*"]),
     python_requires=">=3.9",
+    ext_modules=[masking_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

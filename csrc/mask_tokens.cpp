@@ -1,0 +1,217 @@
+// gpts::mask_tokens: schema, argument checks and the CPU kernel (the fake kernel for
+// torch.compile is registered in gpts_fairseq/masking/ops.py).
+// Loading the extension module (gpts_fairseq._C) registers the op with the dispatcher.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "mask_tokens.h"
+#include "mask_tokens_args.h"
+
+namespace gpts {
+namespace {
+
+constexpr int64_t kTokensPerTask = 16384;  // parallel_for grain, in tokens
+
+uint64_t threshold(double probability) {
+  const double scaled = std::floor(probability * 4294967296.0);
+  return scaled >= 4294967296.0 ? kTwoPow32 : static_cast<uint64_t>(scaled);
+}
+
+bool in_unit_interval(double x) {
+  return x >= 0.0 && x <= 1.0;  // false for NaN
+}
+
+void check_table(const at::Tensor& table, const char* name, at::ScalarType dtype,
+                 const at::Tensor& tokens) {
+  TORCH_CHECK_TYPE(table.scalar_type() == dtype, "mask_tokens: ", name, " must be ",
+                   c10::toString(dtype), ", got ", table.scalar_type());
+  TORCH_CHECK_VALUE(table.dim() == 1, "mask_tokens: ", name, " must be 1-D, got shape ",
+                    table.sizes());
+  TORCH_CHECK_VALUE(table.is_contiguous(), "mask_tokens: ", name, " must be contiguous");
+  TORCH_CHECK_VALUE(table.device() == tokens.device(), "mask_tokens: ", name,
+                    " must be on the device of tokens (", tokens.device(), "), got ",
+                    table.device());
+}
+
+void check_ends_at_two_pow_32(const at::Tensor& table, const char* name) {
+  if (table.device().is_cpu() && table.numel() > 0) {
+    const int64_t last = table.data_ptr<int64_t>()[table.numel() - 1];
+    TORCH_CHECK_VALUE(last == static_cast<int64_t>(kTwoPow32), "mask_tokens: ", name,
+                      " must end with 2**32 (a cumulative threshold table), got ", last);
+  }
+}
+
+void check_args(
+    const at::Tensor& tokens, const at::Tensor& sample_ids, const at::Tensor& maskable,
+    const at::Tensor& word_start, const at::Tensor& replace_cdf, const at::Tensor& span_cdf,
+    int64_t step, double mask_prob, double leave_unmasked_prob, double random_token_prob,
+    int64_t mask_multiple_length, int64_t mask_idx, int64_t pad_idx) {
+  TORCH_CHECK_TYPE(tokens.scalar_type() == at::kInt || tokens.scalar_type() == at::kLong,
+                   "mask_tokens: tokens must be int32 or int64, got ", tokens.scalar_type());
+  TORCH_CHECK_VALUE(tokens.dim() == 2, "mask_tokens: tokens must be 2-D [batch, length], got shape ",
+                    tokens.sizes());
+  TORCH_CHECK_VALUE(tokens.is_contiguous(), "mask_tokens: tokens must be contiguous");
+
+  TORCH_CHECK_TYPE(sample_ids.scalar_type() == at::kLong,
+                   "mask_tokens: sample_ids must be int64, got ", sample_ids.scalar_type());
+  TORCH_CHECK_VALUE(sample_ids.dim() == 1 && sample_ids.size(0) == tokens.size(0),
+                    "mask_tokens: sample_ids must have shape [", tokens.size(0),
+                    "] (one id per row of tokens), got ", sample_ids.sizes());
+  TORCH_CHECK_VALUE(sample_ids.is_contiguous(), "mask_tokens: sample_ids must be contiguous");
+  TORCH_CHECK_VALUE(sample_ids.device() == tokens.device(),
+                    "mask_tokens: sample_ids must be on the device of tokens (", tokens.device(),
+                    "), got ", sample_ids.device());
+  if (sample_ids.device().is_cpu() && sample_ids.numel() > 0) {
+    const int64_t* ids = sample_ids.data_ptr<int64_t>();
+    const auto range = std::minmax_element(ids, ids + sample_ids.numel());
+    TORCH_CHECK_VALUE(*range.first >= 0 && *range.second < static_cast<int64_t>(kTwoPow32),
+                      "mask_tokens: sample_ids must be in [0, 2**32), got values in [",
+                      *range.first, ", ", *range.second, "]");
+  }
+
+  check_table(maskable, "maskable", at::kBool, tokens);
+  const int64_t vocab_size = maskable.numel();
+  TORCH_CHECK_VALUE(vocab_size >= 1, "mask_tokens: maskable must have one entry per vocabulary id (V >= 1)");
+  check_table(word_start, "word_start", at::kBool, tokens);
+  TORCH_CHECK_VALUE(word_start.numel() == 0 || word_start.numel() == vocab_size,
+                    "mask_tokens: word_start must be empty or have shape [", vocab_size,
+                    "] (the vocabulary), got ", word_start.sizes());
+  check_table(replace_cdf, "replace_cdf", at::kLong, tokens);
+  TORCH_CHECK_VALUE(replace_cdf.numel() == vocab_size, "mask_tokens: replace_cdf must have shape [",
+                    vocab_size, "] (the vocabulary), got ", replace_cdf.sizes());
+  check_ends_at_two_pow_32(replace_cdf, "replace_cdf");
+  check_table(span_cdf, "span_cdf", at::kLong, tokens);
+  TORCH_CHECK_VALUE(span_cdf.numel() >= 2, "mask_tokens: span_cdf must have Lmax + 1 >= 2 entries, got shape ",
+                    span_cdf.sizes());
+  check_ends_at_two_pow_32(span_cdf, "span_cdf");
+
+  TORCH_CHECK_VALUE(step >= 0 && step < static_cast<int64_t>(kTwoPow32),
+                    "mask_tokens: step must be in [0, 2**32), got ", step);
+  TORCH_CHECK_VALUE(in_unit_interval(mask_prob), "mask_tokens: mask_prob must be in [0, 1], got ",
+                    mask_prob);
+  TORCH_CHECK_VALUE(in_unit_interval(leave_unmasked_prob),
+                    "mask_tokens: leave_unmasked_prob must be in [0, 1], got ", leave_unmasked_prob);
+  TORCH_CHECK_VALUE(in_unit_interval(random_token_prob),
+                    "mask_tokens: random_token_prob must be in [0, 1], got ", random_token_prob);
+  TORCH_CHECK_VALUE(leave_unmasked_prob + random_token_prob <= 1.0,
+                    "mask_tokens: leave_unmasked_prob + random_token_prob must be <= 1, got ",
+                    leave_unmasked_prob, " + ", random_token_prob);
+  TORCH_CHECK_VALUE(mask_multiple_length >= 1,
+                    "mask_tokens: mask_multiple_length must be >= 1, got ", mask_multiple_length);
+  TORCH_CHECK_VALUE(mask_idx >= 0 && mask_idx < vocab_size, "mask_tokens: mask_idx must be in [0, ",
+                    vocab_size, ") (the vocabulary), got ", mask_idx);
+  TORCH_CHECK_VALUE(pad_idx >= 0 && pad_idx < vocab_size, "mask_tokens: pad_idx must be in [0, ",
+                    vocab_size, ") (the vocabulary), got ", pad_idx);
+}
+
+}  // namespace
+
+MaskParams check_and_pack(
+    const at::Tensor& tokens, const at::Tensor& sample_ids, const at::Tensor& maskable,
+    const at::Tensor& word_start, const at::Tensor& replace_cdf, const at::Tensor& span_cdf,
+    int64_t seed, int64_t step, double mask_prob, double leave_unmasked_prob,
+    double random_token_prob, int64_t mask_multiple_length, bool exact, int64_t mask_idx,
+    int64_t pad_idx) {
+  check_args(tokens, sample_ids, maskable, word_start, replace_cdf, span_cdf, step, mask_prob,
+             leave_unmasked_prob, random_token_prob, mask_multiple_length, mask_idx, pad_idx);
+  MaskParams p;
+  p.seed = static_cast<uint64_t>(seed);
+  p.step = static_cast<uint32_t>(step);
+  p.select_threshold = threshold(mask_prob / static_cast<double>(mask_multiple_length));
+  p.keep_threshold = threshold(leave_unmasked_prob);
+  p.random_threshold = threshold(leave_unmasked_prob + random_token_prob);
+  p.mask_prob = mask_prob;
+  p.mask_multiple_length = mask_multiple_length;
+  p.exact = exact;
+  p.mask_idx = mask_idx;
+  p.pad_idx = pad_idx;
+  p.vocab_size = maskable.numel();
+  p.maskable = maskable.data_ptr<bool>();
+  p.word_start = word_start.numel() == 0 ? nullptr : word_start.data_ptr<bool>();
+  p.replace_cdf = replace_cdf.data_ptr<int64_t>();
+  p.span_cdf = span_cdf.data_ptr<int64_t>();
+  p.span_table_size = span_cdf.numel();
+  return p;
+}
+
+namespace {
+
+using Outputs = std::tuple<at::Tensor, at::Tensor>;
+
+template <typename index_t>
+void mask_batch_cpu(const MaskParams& p, const at::Tensor& tokens, const at::Tensor& sample_ids,
+                    at::Tensor& source, at::Tensor& target) {
+  const int64_t batch = tokens.size(0);
+  const int64_t length = tokens.size(1);
+  const index_t* in = tokens.data_ptr<index_t>();
+  index_t* out_source = source.data_ptr<index_t>();
+  index_t* out_target = target.data_ptr<index_t>();
+  const int64_t* ids = sample_ids.data_ptr<int64_t>();
+  if (is_fast_path(p)) {
+    const int64_t quads = (length + 3) / 4;
+    at::parallel_for(0, batch * quads, kTokensPerTask / 4, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t row = task / quads;
+        const int64_t offset = row * length;
+        mask_quad_fast(p, in + offset, out_source + offset, out_target + offset, task % quads,
+                       length, static_cast<uint32_t>(ids[row]));
+      }
+    });
+    return;
+  }
+  const int64_t grain = std::max<int64_t>(1, kTokensPerTask / length);
+  at::parallel_for(0, batch, grain, [&](int64_t begin, int64_t end) {
+    std::vector<uint64_t> scratch(p.exact ? 2 * length : 0);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t offset = row * length;
+      mask_row(p, in + offset, out_source + offset, out_target + offset, length,
+               static_cast<uint32_t>(ids[row]), scratch.data());
+    }
+  });
+}
+
+Outputs mask_tokens_cpu(
+    const at::Tensor& tokens, const at::Tensor& sample_ids, const at::Tensor& maskable,
+    const at::Tensor& word_start, const at::Tensor& replace_cdf, const at::Tensor& span_cdf,
+    int64_t seed, int64_t step, double mask_prob, double leave_unmasked_prob,
+    double random_token_prob, int64_t mask_multiple_length, bool exact, int64_t mask_idx,
+    int64_t pad_idx) {
+  const MaskParams p = check_and_pack(
+      tokens, sample_ids, maskable, word_start, replace_cdf, span_cdf, seed, step, mask_prob,
+      leave_unmasked_prob, random_token_prob, mask_multiple_length, exact, mask_idx, pad_idx);
+  at::Tensor source = at::empty_like(tokens);
+  at::Tensor target = at::empty_like(tokens);
+  if (tokens.numel() == 0) {
+    return {source, target};
+  }
+  AT_DISPATCH_INDEX_TYPES(tokens.scalar_type(), "mask_tokens_cpu", [&] {
+    mask_batch_cpu<index_t>(p, tokens, sample_ids, source, target);
+  });
+  return {source, target};
+}
+
+}  // namespace
+}  // namespace gpts
+
+TORCH_LIBRARY(gpts, m) {
+  m.def(
+      "mask_tokens(Tensor tokens, Tensor sample_ids, Tensor maskable, Tensor word_start, "
+      "Tensor replace_cdf, Tensor span_cdf, int seed, int step, float mask_prob, "
+      "float leave_unmasked_prob, float random_token_prob, int mask_multiple_length, "
+      "bool exact, int mask_idx, int pad_idx) -> (Tensor source, Tensor target)");
+}
+
+TORCH_LIBRARY_IMPL(gpts, CPU, m) {
+  m.impl("mask_tokens", &gpts::mask_tokens_cpu);
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.doc() = "gpts_fairseq compiled ops; importing it registers torch.ops.gpts.mask_tokens";
+}
