@@ -222,3 +222,39 @@ def test_public_api_uses_the_compiled_op():
     expected = mask_tokens_reference(*raw_args(tokens, spec, psi, seed=3, step=2, sample_ids=ids))
     assert_same(mask_tokens(tokens, spec, psi, seed=3, step=2, sample_ids=ids), expected)
     assert int((expected[0] == MASK).sum()) > 0
+
+
+cuda = pytest.mark.skipif(not (ops.is_available() and torch.cuda.is_available()), reason="no CUDA")
+
+
+def on_cuda(args):
+    return [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
+
+
+@cuda
+@settings(max_examples=100, deadline=None)
+@given(kernel_cases())
+def test_cuda_equals_cpu(args):
+    source, target = ops.mask_tokens(*on_cuda(args))
+    assert source.device.type == "cuda"
+    assert_same((source.cpu(), target.cpu()), ops.mask_tokens(*args))
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("options", OPTION_SETS.values(), ids=OPTION_SETS.keys())
+def test_cuda_large_batch_on_a_side_stream(options, dtype):
+    args = large_batch(options, dtype)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        source, target = ops.mask_tokens(*on_cuda(args))
+    stream.synchronize()
+    assert_same((source.cpu(), target.cpu()), ops.mask_tokens(*args))
+
+
+@cuda
+def test_cuda_rejects_tables_on_another_device():
+    args = on_cuda(raw_args(random_batch(0, 4, 12), make_spec(), Psi(0.15, 0.1, 0.1)))
+    args[4] = args[4].cpu()
+    with pytest.raises(ValueError, match="replace_cdf must be on the device of tokens"):
+        ops.mask_tokens(*args)
