@@ -29,8 +29,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 DEFAULT_DATA_ROOT = Path(os.environ.get("GPTS_DATA_ROOT", Path.home() / ".cache" / "gpts-fairseq" / "data"))
 DEFAULT_VOCAB_SIZE = 8000
+DEFAULT_TOKENIZER = "word"
 TOKENIZER_VERSION = 1  # bump when tokenize_line changes, so caches are rebuilt
 
+TOKENIZERS = ("word", "char")
+_SPACE = "\u2581"  # fairseq splits lines on whitespace, so a visible stand-in for ' '
 _TOKEN = re.compile(r"<unk>|\w+|[^\w\s]")
 _WIKI_TITLE = re.compile(r"^ = [^=].* = $")
 _CHAPTER = re.compile(r"^CHAPTER [IVXLC]+\s*$")
@@ -38,9 +41,17 @@ _CHAPTER = re.compile(r"^CHAPTER [IVXLC]+\s*$")
 Split = tuple[list[str], list[str]]
 
 
-def tokenize_line(line: str) -> str:
-    """Space-separated word-level tokens; the same rule for prose, wiki text and C code."""
-    return " ".join(_TOKEN.findall(line))
+def tokenize_line(line: str, scheme: str = "word") -> str:
+    """Space-separated tokens; one rule per scheme for prose, wiki text and C code.
+
+    ``word``: words/identifiers and single punctuation marks (``<unk>`` kept whole);
+    ``char``: every character, with spaces written as ``_SPACE``.
+    """
+    if scheme == "word":
+        return " ".join(_TOKEN.findall(line))
+    if scheme == "char":
+        return " ".join(_SPACE if ch == " " else ch for ch in " ".join(line.split()))
+    raise ValueError(f"--tokenizer: unknown scheme {scheme!r}; valid: {', '.join(TOKENIZERS)}")
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -85,19 +96,19 @@ SPLITTERS: dict[str, Callable[[Path], Split]] = {
 CORPORA = tuple(SPLITTERS)
 
 
-def tokenize_lines(lines: Sequence[str], max_lines: int | None = None) -> list[str]:
+def tokenize_lines(lines: Sequence[str], scheme: str, max_lines: int | None = None) -> list[str]:
     """Tokenized non-empty lines, optionally only the first ``max_lines`` of them."""
-    out = [tok for tok in map(tokenize_line, lines) if tok]
+    out = [tok for tok in (tokenize_line(line, scheme) for line in lines) if tok]
     return out[:max_lines] if max_lines is not None else out
 
 
-def _fingerprint(corpus: str, vocab_size: int, max_lines: int | None, sources: Path) -> str:
+def _fingerprint(corpus: str, scheme: str, vocab_size: int, max_lines: int | None, sources: Path) -> str:
     files = sorted(p for p in (sources / corpus).iterdir() if p.is_file())
     key = {
         "corpus": corpus,
         "vocab_size": vocab_size,
         "max_lines": max_lines,
-        "tokenizer": TOKENIZER_VERSION,
+        "tokenizer": [scheme, TOKENIZER_VERSION],
         "files": [(p.name, p.stat().st_size) for p in files],
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
@@ -131,28 +142,31 @@ def prepare(
     sources: Path = SHARED_DATA,
     vocab_size: int = DEFAULT_VOCAB_SIZE,
     max_lines: int | None = None,
+    tokenizer: str = DEFAULT_TOKENIZER,
 ) -> Path:
     """Binarized data directory for ``corpus`` (built once, then reused)."""
     if corpus not in SPLITTERS:
         raise ValueError(f"--corpus: unknown corpus {corpus!r}; valid: {', '.join(CORPORA)}")
+    if tokenizer not in TOKENIZERS:
+        raise ValueError(f"--tokenizer: unknown scheme {tokenizer!r}; valid: {', '.join(TOKENIZERS)}")
     if vocab_size < 1:
         raise ValueError(f"--vocab-size must be >= 1, got {vocab_size}")
     if max_lines is not None and max_lines < 1:
         raise ValueError(f"--max-lines must be >= 1, got {max_lines}")
     if not (sources / corpus).is_dir():
         raise FileNotFoundError(f"--sources: no {corpus}/ under {sources}")
-    dest = Path(data_root) / f"{corpus}-{_fingerprint(corpus, vocab_size, max_lines, sources)}"
+    dest = Path(data_root) / f"{corpus}-{tokenizer}-{_fingerprint(corpus, tokenizer, vocab_size, max_lines, sources)}"
     marker = dest / "prepared.json"
     if marker.exists():
         return dest
     train, valid = SPLITTERS[corpus](sources / corpus)
-    train, valid = tokenize_lines(train, max_lines), tokenize_lines(valid, max_lines)
+    train, valid = tokenize_lines(train, tokenizer, max_lines), tokenize_lines(valid, tokenizer, max_lines)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{corpus}-", dir=dest.parent))
     try:
         binarize(train, valid, staging, vocab_size)
         info = {
-            "corpus": corpus, "vocab_size": vocab_size, "max_lines": max_lines,
+            "corpus": corpus, "tokenizer": tokenizer, "vocab_size": vocab_size, "max_lines": max_lines,
             "tokenizer_version": TOKENIZER_VERSION,
             "train_lines": len(train), "valid_lines": len(valid),
             "train_tokens": sum(len(line.split()) for line in train),
@@ -175,9 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sources", type=Path, default=SHARED_DATA)
     parser.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
     parser.add_argument("--max-lines", type=int, default=None)
+    parser.add_argument("--tokenizer", choices=TOKENIZERS, default=DEFAULT_TOKENIZER)
     args = parser.parse_args(argv)
     for corpus in args.corpus:
-        path = prepare(corpus, args.data_root, args.sources, args.vocab_size, args.max_lines)
+        path = prepare(corpus, args.data_root, args.sources, args.vocab_size, args.max_lines, args.tokenizer)
         info = json.loads((path / "prepared.json").read_text())
         print(f"{corpus}: {path} (train {info['train_tokens']} tokens, valid {info['valid_tokens']})")
     return 0

@@ -39,21 +39,26 @@ UPDATES = [10, 20, 30, 40]
 RHO_ARMS = [round(0.05 * k, 2) for k in range(1, 11)]
 
 
-def fairseq_log(curve, stale=None) -> str:
-    """Lines as fairseq 0.12 writes them with --log-format json --log-file."""
+def fairseq_log(curve, stale=None, stdout_style=False) -> str:
+    """Lines as fairseq 0.12 writes them with --log-format json --log-file: bare messages, and
+    each stats line once per progress bar created so far (its file handlers accumulate)."""
+    prefix = {"valid": "2026-11-22 18:45:14 | INFO | valid | ", "train_inner": "2026-11-22 18:45:11 | INFO | train_inner | ",
+              "train": "2026-11-22 18:45:27 | INFO | train | "} if stdout_style else {}
     lines = [
-        "2026-11-22 18:45:07 | INFO | fairseq_cli.train | {'_name': None, 'common': {'seed': 1}}",
-        '2026-11-22 18:45:09 | INFO | fairseq_cli.train | begin dry-run validation on "valid" subset',
+        "{'_name': None, 'common': {'_name': None, 'log_format': 'json', 'seed': 1}}",
+        "RobertaModel(",
+        '  (encoder): RobertaEncoder(',
+        'begin dry-run validation on "valid" subset',
     ]
     for update, loss in (stale or []):
-        lines.append(f'2026-11-22 18:45:10 | INFO | valid | {{"epoch": 1, "valid_loss": "{loss}", '
-                     f'"valid_ppl": "9.9", "valid_num_updates": "{update}"}}')
-    for update, loss in zip(UPDATES, curve):
-        lines.append(f'2026-11-22 18:45:11 | INFO | train_inner | {{"epoch": 1, "update": 0.1, "loss": "12.9", '
+        lines.append(prefix.get("valid", "") + f'{{"epoch": 1, "valid_loss": "{loss}", "valid_ppl": "9.9", '
+                     f'"valid_num_updates": "{update}"}}')
+    for k, (update, loss) in enumerate(zip(UPDATES, curve)):
+        lines.append(prefix.get("train_inner", "") + f'{{"epoch": 1, "update": 0.1, "loss": "12.9", '
                      f'"num_updates": "{update}"}}')
-        lines.append(f'2026-11-22 18:45:14 | INFO | valid | {{"epoch": 1, "valid_loss": "{loss}", '
-                     f'"valid_ppl": "2893.54", "valid_wps": "52528.6", "valid_num_updates": "{update}"}}')
-    lines.append('2026-11-22 18:45:27 | INFO | train | {"epoch": 1, "train_loss": "9.467", "train_num_updates": "40"}')
+        lines += [prefix.get("valid", "") + f'{{"epoch": 1, "valid_loss": "{loss}", "valid_ppl": "2893.54", '
+                  f'"valid_wps": "52528.6", "valid_num_updates": "{update}"}}'] * (k + 1)
+    lines.append(prefix.get("train", "") + '{"epoch": 1, "train_loss": "9.467", "train_num_updates": "40"}')
     return "\n".join(lines) + "\n"
 
 
@@ -109,6 +114,12 @@ def runs_root(tmp_path):
 def test_valid_curve_reads_fairseq_json_lines_later_line_wins(runs_root):
     curve = read_valid_curve(runs_root / "constant-0.15" / "seed1" / "train.log")
     assert curve == [(10, 10.0), (20, 9.0), (30, 8.0), (40, 7.5)]
+
+
+def test_valid_curve_also_reads_captured_stdout(tmp_path):
+    path = tmp_path / "stdout.log"
+    path.write_text(fairseq_log([9.0, 8.5, 8.25, 8.0], stdout_style=True))
+    assert read_valid_curve(path) == [(10, 9.0), (20, 8.5), (30, 8.25), (40, 8.0)]
 
 
 def test_history_round_trip_values(runs_root):

@@ -20,10 +20,12 @@ def write_report(
     target: float | None = None,
     interactions: Sequence[int] | None = None,
     title: str = "GP-TS pre-training report",
+    posterior_runs: Sequence[Run] | None = None,
 ) -> Path:
     """Write every plot and summary.md into ``out_dir``; return the summary's path.
 
-    ``target`` defaults to the mean final loss of the constant rho=0.15 runs (if any).
+    ``target`` defaults to the mean final loss of the constant rho=0.15 runs (if any);
+    GP posteriors are drawn for ``posterior_runs`` (default: every run that has them).
     """
     if not runs:
         raise ValueError("no runs to report on")
@@ -38,7 +40,7 @@ def write_report(
         ("Masking hyperparameters ψ", plot_psi(runs, out_dir / "psi.png")),
         ("Reward per interaction", plot_rewards(runs, out_dir / "reward.png")),
     ]
-    for run in runs:
+    for run in runs if posterior_runs is None else posterior_runs:
         slug = re.sub(r"[^\w.-]+", "_", run_display_name(run)).strip("_")
         path = plot_posterior(run, out_dir / f"posterior_{slug}.png", interactions)
         if path is not None:

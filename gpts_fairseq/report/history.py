@@ -2,9 +2,11 @@
 
 A run is a fairseq save dir holding any of
 - ``gpts_history.jsonl``: one JSON object per interaction (schema in docs/TEAM_NOTES.md);
-- ``train.log``: fairseq's ``--log-file`` written with ``--log-format json``; its ``valid``
-  lines (``... | INFO | valid | {"epoch": 1, "valid_loss": "8.894", ..., "valid_num_updates": "100"}``)
-  give the reference-masking validation loss (base 2) per update;
+- ``train.log``: fairseq's ``--log-file`` written with ``--log-format json``. fairseq 0.12
+  writes bare messages there (no time/level/tag prefix, and a stats line once per progress bar
+  created so far, hence repeats): ``{"epoch": 1, "valid_loss": "8.894", ..., "valid_num_updates":
+  "100"}``. Lines with ``valid_loss`` and ``valid_num_updates`` give the reference-masking
+  validation loss (base 2) per update. Captured stdout (``... | INFO | valid | {...}``) reads too;
 - ``run.json``: what the run is, written by whoever launched it (see :class:`RunInfo`).
 A run can also be rebuilt from the result JSON written by ``Run.to_result`` (no posteriors),
 so reports can be regenerated after the save dirs are gone.
@@ -27,7 +29,7 @@ RUN_INFO_FILE = "run.json"
 PSI_DIMS = ("mask_prob", "leave_unmasked_prob", "random_token_prob")
 REFERENCE_PSI = {"mask_prob": 0.15, "leave_unmasked_prob": 0.1, "random_token_prob": 0.1}
 
-_LOG_LINE = re.compile(r"\|\s*(?P<tag>[\w.-]+)\s*\|\s*(?P<payload>\{.*\})\s*$")
+_LOG_PAYLOAD = re.compile(r"(?:^|\|\s*[\w.-]+\s*\|\s*)(?P<payload>\{\".*\})\s*$")
 
 
 class RunFormatError(ValueError):
@@ -244,31 +246,31 @@ def read_history(path: Path) -> list[Interaction]:
     return out
 
 
-def iter_log_records(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
-    """(tag, stats) for every JSON stats line of a fairseq ``--log-format json`` log."""
+def iter_log_records(path: Path) -> Iterable[dict[str, Any]]:
+    """Every JSON stats object of a fairseq ``--log-format json`` log file or captured stdout."""
     with open(path, encoding="utf-8", errors="replace") as handle:
         for line in handle:
-            match = _LOG_LINE.search(line)
+            match = _LOG_PAYLOAD.search(line)
             if not match:
                 continue
             try:
                 payload = json.loads(match["payload"])
             except json.JSONDecodeError:
-                continue  # e.g. a config dump that happens to end in '}'
+                continue  # not a stats line, e.g. a message that happens to contain braces
             if isinstance(payload, dict):
-                yield match["tag"], payload
+                yield payload
 
 
 def read_valid_curve(path: Path, subset: str = "valid") -> list[tuple[int, float]]:
     """(update, loss) from the ``<subset>`` lines of a fairseq JSON log, sorted by update.
 
-    fairseq writes values as strings ("8.894"); a run resumed into the same log repeats
-    updates, and the later line wins.
+    fairseq writes values as strings ("8.894"); lines repeat (see the module docstring) and a
+    run resumed into the same log repeats updates: the later line wins.
     """
     loss_key, update_key = f"{subset}_loss", f"{subset}_num_updates"
     by_update: dict[int, float] = {}
-    for tag, stats in iter_log_records(path):
-        if tag != subset or loss_key not in stats or update_key not in stats:
+    for stats in iter_log_records(path):
+        if loss_key not in stats or update_key not in stats:
             continue
         try:
             update, loss = int(float(stats[update_key])), float(stats[loss_key])

@@ -1,0 +1,286 @@
+"""Does GP-TS pre-train faster? Same tiny RoBERTa, budget and seeds for every masking policy.
+
+For each corpus x policy x seed this runs one ``fairseq-train --task gpts_mlm`` subprocess
+(single thread), validated every ``--interaction-updates`` updates on the reference masking
+(rho=0.15, gamma=lambda=0.1, fixed masks), and writes
+``benchmarks/results/pretrain/<corpus>/<policy>/seed<k>.json``. A run whose JSON exists is
+skipped, so the suite can be stopped and restarted, and run a corpus/policy/seed at a time.
+At the end it writes ``benchmarks/results/pretrain/summary.md`` and, per corpus, the
+``gpts-report`` plots under ``<corpus>/report/``.
+
+    python benchmarks/pretrain.py                          # everything (hours, resumable)
+    python benchmarks/pretrain.py --corpus linux --policies constant-0.15 gp-ts-rho --seeds 1
+    python benchmarks/pretrain.py --summary-only           # redo tables and plots from the JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import corpora  # noqa: E402
+
+from gpts_fairseq.report.cli import write_report  # noqa: E402
+from gpts_fairseq.report.history import RunInfo, load_run, run_from_result  # noqa: E402
+from gpts_fairseq.report.summary import label_table, reference_target  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_RESULTS = REPO_ROOT / "benchmarks" / "results" / "pretrain"
+DEFAULT_WORK = Path(os.environ.get("GPTS_WORK_ROOT", Path.home() / ".cache" / "gpts-fairseq" / "runs" / "pretrain"))
+REFERENCE = (0.15, 0.1, 0.1)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One compared masking policy, as ``--gpts-*`` options of the gpts_mlm task."""
+
+    name: str
+    gpts_policy: str
+    psi: tuple[float, float, float] = REFERENCE  # constant value / schedule start / first arm
+    arms: str | None = None
+    context: str | None = None
+    schedule_end: tuple[float, float, float] | None = None
+
+    def fairseq_args(self) -> list[str]:
+        rho, gamma, lam = self.psi
+        args = ["--gpts-policy", self.gpts_policy, "--mask-prob", str(rho),
+                "--leave-unmasked-prob", str(gamma), "--random-token-prob", str(lam)]
+        if self.arms:
+            args += ["--gpts-arms", self.arms]
+        if self.context:
+            args += ["--gpts-context", self.context]
+        if self.schedule_end:
+            args += ["--gpts-schedule", "linear", "--gpts-schedule-end", ",".join(map(str, self.schedule_end))]
+        return args
+
+
+POLICIES = {p.name: p for p in [
+    Policy("constant-0.15", "constant"),
+    Policy("constant-0.10", "constant", (0.10, 0.1, 0.1)),
+    Policy("constant-0.30", "constant", (0.30, 0.1, 0.1)),
+    Policy("constant-0.40", "constant", (0.40, 0.1, 0.1)),
+    Policy("schedule-0.30-0.15", "schedule", (0.30, 0.1, 0.1), schedule_end=REFERENCE),
+    Policy("random", "random", arms="rho"),
+    Policy("gp-ts-rho", "gp-ts", arms="rho"),
+    Policy("gp-ts-psi", "gp-ts", arms="psi"),
+    Policy("gp-ts-rho-progress", "gp-ts", arms="rho", context="progress"),
+]}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every run shares; recorded in each result JSON."""
+
+    budget_updates: int = 400
+    interaction_updates: int = 20
+    reward_batches: int = 0
+    batch_size: int = 16
+    lr: float = 2e-3
+    threads: int = 1
+
+    def validate(self) -> None:
+        if self.budget_updates < 1:
+            raise ValueError(f"--budget-updates must be >= 1, got {self.budget_updates}")
+        if not 1 <= self.interaction_updates <= self.budget_updates:
+            raise ValueError(
+                f"--interaction-updates must be in [1, --budget-updates={self.budget_updates}], "
+                f"got {self.interaction_updates}"
+            )
+        if self.reward_batches < 0:
+            raise ValueError(f"--reward-batches must be >= 0 (0 = all), got {self.reward_batches}")
+        if self.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {self.threads}")
+
+
+def model_args(settings: Settings) -> list[str]:
+    """The tiny RoBERTa and its optimiser: 2 layers, 128 wide, 4 heads, 128 tokens per sample."""
+    budget = settings.budget_updates
+    return [
+        "--arch", "roberta_base", "--encoder-layers", "2", "--encoder-embed-dim", "128",
+        "--encoder-ffn-embed-dim", "512", "--encoder-attention-heads", "4",
+        "--max-positions", "128", "--tokens-per-sample", "128", "--sample-break-mode", "none",
+        "--batch-size", str(settings.batch_size), "--required-batch-size-multiple", "1",
+        "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--adam-eps", "1e-6",
+        "--weight-decay", "0.01", "--clip-norm", "1.0",
+        "--lr", str(settings.lr), "--lr-scheduler", "polynomial_decay",
+        "--warmup-updates", str(budget // 10), "--total-num-update", str(budget), "--max-update", str(budget),
+    ]
+
+
+def run_args(data_dir: Path, save_dir: Path, policy: Policy, seed: int, settings: Settings) -> list[str]:
+    """The full fairseq-train command line of one run."""
+    return [
+        corpora._fairseq_tool("fairseq-train"), str(data_dir),
+        "--user-dir", str(REPO_ROOT / "gpts_fairseq"),
+        "--task", "gpts_mlm", "--criterion", "gpts_masked_lm",
+        *model_args(settings),
+        *policy.fairseq_args(),
+        "--gpts-valid-masking", "reference", "--gpts-ref-mask-prob", "0.15",
+        "--gpts-ref-leave-unmasked-prob", "0.1", "--gpts-ref-random-token-prob", "0.1",
+        "--gpts-interaction-updates", str(settings.interaction_updates),
+        "--gpts-reward-batches", str(settings.reward_batches),
+        "--validate-interval-updates", str(settings.interaction_updates), "--validate-interval", "1000000",
+        "--seed", str(seed), "--cpu", "--num-workers", "0", "--no-save",
+        "--save-dir", str(save_dir), "--log-format", "json", "--log-interval", "50",
+        "--log-file", str(save_dir / "train.log"),
+    ]
+
+
+def result_path(results_root: Path, corpus: str, policy: str, seed: int) -> Path:
+    return Path(results_root) / corpus / policy / f"seed{seed}.json"
+
+
+def run_one(corpus: str, data_dir: Path, policy: Policy, seed: int, settings: Settings,
+            work_root: Path, results_root: Path) -> Path:
+    """Train one run (unless its result exists) and write its result JSON."""
+    out = result_path(results_root, corpus, policy.name, seed)
+    if out.exists():
+        done = json.loads(out.read_text())
+        if done.get("budget_updates") != settings.budget_updates:
+            raise ValueError(
+                f"{out} was run with budget {done.get('budget_updates')} updates, not --budget-updates="
+                f"{settings.budget_updates}: delete it or choose another --results-root"
+            )
+        return out
+    save_dir = Path(work_root) / corpus / policy.name / f"seed{seed}"
+    if save_dir.exists():  # an interrupted attempt: start over, runs are short
+        shutil.rmtree(save_dir)
+    save_dir.mkdir(parents=True)
+    cmd = run_args(data_dir, save_dir, policy, seed, settings)
+    RunInfo(label=policy.name, policy=policy.gpts_policy, seed=seed, corpus=corpus,
+            budget_updates=settings.budget_updates,
+            psi=dict(zip(("mask_prob", "leave_unmasked_prob", "random_token_prob"), policy.psi)),
+            arms=policy.arms, context=policy.context, fairseq_args=cmd[1:]).write(save_dir)
+    env = dict(os.environ, OMP_NUM_THREADS=str(settings.threads), MKL_NUM_THREADS=str(settings.threads))
+    start = time.perf_counter()
+    with open(save_dir / "stdout.log", "w") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=save_dir)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = (save_dir / "stdout.log").read_text()[-3000:]
+        raise RuntimeError(f"fairseq-train failed ({corpus} {policy.name} seed {seed}), see {save_dir}/stdout.log:\n{tail}")
+    run = load_run(save_dir)
+    run.wall_time_s = wall
+    if not run.val_curve or run.val_curve[-1][0] != settings.budget_updates:
+        raise RuntimeError(f"{save_dir}: no validation at update {settings.budget_updates} in train.log")
+    result = run.to_result()
+    result.update(settings=asdict(settings), save_dir=str(save_dir))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.replace(out)
+    return out
+
+
+def _policy_order(name: str) -> int:
+    return list(POLICIES).index(name) if name in POLICIES else len(POLICIES)
+
+
+def load_results(results_root: Path, corpus: str):
+    runs = [run_from_result(json.loads(p.read_text()), str(p))
+            for p in sorted((Path(results_root) / corpus).glob("*/seed*.json"))]
+    return sorted(runs, key=lambda r: (_policy_order(r.info.label), r.info.label, r.info.seed or 0))
+
+
+def write_summary(results_root: Path, corpus_names: Sequence[str]) -> Path:
+    """summary.md over every corpus with results, plus gpts-report plots per corpus."""
+    results_root = Path(results_root)
+    lines = [
+        "# Pre-training comparison: masking policies on three corpora", "",
+        "Final loss: reference-masking (ρ=0.15, γ=λ=0.1, fixed masks) validation loss in bits at the "
+        "end of the budget, mean ± sample std over seeds. Updates to target: first validated update at "
+        "which the seed-mean curve reaches the seed-mean final loss of `constant-0.15` "
+        "(fraction of the budget in brackets).", "",
+    ]
+    for corpus in corpus_names:
+        runs = load_results(results_root, corpus)
+        if not runs:
+            continue
+        target = reference_target(runs)
+        walls = [r.wall_time_s for r in runs if r.wall_time_s]
+        report = write_report(runs, results_root / corpus / "report", target,
+                              title=f"Pre-training comparison on {corpus}",
+                              posterior_runs=_first_seed_save_dirs(runs))
+        lines += [f"## {corpus}", "",
+                  f"{len(runs)} runs; target {target:.3f} bits." if target is not None else
+                  f"{len(runs)} runs; no constant-0.15 run yet, so no target.",
+                  f"Wall time per run: mean {sum(walls) / len(walls):.0f} s, max {max(walls):.0f} s." if walls else "",
+                  "", label_table(runs, target), "",
+                  f"![validation loss on {corpus}]({report.parent.relative_to(results_root)}/val_loss.png)", ""]
+    summary = results_root / "summary.md"
+    summary.parent.mkdir(parents=True, exist_ok=True)
+    summary.write_text("\n".join(lines))
+    return summary
+
+
+def _first_seed_save_dirs(runs):
+    """Save-dir runs (with GP posteriors) of the lowest seed per policy, where still on disk."""
+    firsts = {}
+    for run in runs:
+        firsts.setdefault(run.info.label, run)
+    out = []
+    for run in firsts.values():
+        save_dir = Path(run.info.fairseq_args[run.info.fairseq_args.index("--save-dir") + 1]) \
+            if "--save-dir" in run.info.fairseq_args else None
+        if save_dir is not None and save_dir.is_dir():
+            out.append(load_run(save_dir))
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", nargs="+", default=list(corpora.CORPORA), choices=corpora.CORPORA)
+    parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--budget-updates", type=int, default=Settings.budget_updates)
+    parser.add_argument("--interaction-updates", type=int, default=Settings.interaction_updates,
+                        help="updates per bandit interaction, also the validation interval")
+    parser.add_argument("--reward-batches", type=int, default=Settings.reward_batches)
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (each single-threaded)")
+    parser.add_argument("--threads", type=int, default=Settings.threads, help="torch threads per run")
+    parser.add_argument("--data-root", type=Path, default=corpora.DEFAULT_DATA_ROOT)
+    parser.add_argument("--work-root", type=Path, default=DEFAULT_WORK, help="fairseq save dirs (outside the repo)")
+    parser.add_argument("--results-root", type=Path, default=DEFAULT_RESULTS)
+    parser.add_argument("--sources", type=Path, default=corpora.SHARED_DATA)
+    parser.add_argument("--max-lines", type=int, default=None, help="use only the first N lines per split (smoke tests)")
+    parser.add_argument("--summary-only", action="store_true", help="only rewrite summary.md and plots")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings(args.budget_updates, args.interaction_updates, args.reward_batches, threads=args.threads)
+    settings.validate()
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    if any(s < 1 for s in args.seeds):
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    if not args.summary_only:
+        data = {c: corpora.prepare(c, args.data_root, args.sources, max_lines=args.max_lines) for c in args.corpus}
+        jobs = [(c, POLICIES[p], s) for c in args.corpus for s in args.seeds for p in args.policies]
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            futures = [pool.submit(run_one, c, data[c], p, s, settings, args.work_root, args.results_root)
+                       for c, p, s in jobs]
+            for (c, p, s), future in zip(jobs, futures):
+                result = json.loads(future.result().read_text())
+                print(f"{c:14s} {p.name:20s} seed {s}: final val loss {result['final_val_loss']:.3f} "
+                      f"({result['wall_time_s']:.0f} s)", flush=True)
+    summary = write_summary(args.results_root, corpora.CORPORA)
+    print(f"summary: {summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
