@@ -1,0 +1,355 @@
+"""Policies that choose ψ once per interaction, behind one interface.
+
+    policy = make_policy("gp-ts", space=ArmSpace.paper_grid("rho"), seed=1)
+    decision = policy.decide(interaction=t, progress=p)    # Decision(psi, arm, info)
+    policy.observe(decision.arm, reward, progress=p)       # reward None: ignored
+
+A decision is a pure function of (configuration, seed, observations so far, interaction,
+progress): the GP is refitted inside ``observe`` (so its hyperparameters follow from the
+sequence of observations alone, however often ``decide`` is called) and each decision draws
+from a generator seeded by (seed, interaction). ``state_dict()`` holds the observations and
+the fitted hyperparameters as tensors and plain numbers; a fresh policy loading it decides
+exactly as the original would have.
+"""
+
+import math
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..masking.spec import PSI_FIELDS, Psi
+from .arms import ArmSpace
+from .fit import FitSettings, fit_hyperparameters
+from .gp import ArmGP, GPNumericalError, check_choice, posterior, single_thread
+from .thompson import interaction_generator, thompson_draw
+
+POLICIES = ("constant", "schedule", "random", "gp-ts")
+SCHEDULE_SHAPES = ("linear", "cosine", "step")
+CONTEXTS = ("none", "progress")
+STATE_FORMAT = 1
+FAIRSEQ_DEFAULT_PSI = {"mask_prob": 0.15, "leave_unmasked_prob": 0.1, "random_token_prob": 0.1}
+ANKNER_END_PSI = FAIRSEQ_DEFAULT_PSI
+ANKNER_START_PSI = {**FAIRSEQ_DEFAULT_PSI, "mask_prob": 0.30}
+
+
+class BanditWarning(RuntimeWarning):
+    """The bandit fell back to a safe choice (failed GP fit or posterior)."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """ψ for the next interaction. ``psi``: all three names -> float; ``arm``: the searched
+    dimensions as a float64 tensor (pass it back to ``observe``); ``info``: JSON-ready numbers
+    (``decision_time_s``, ``fallback``, ``posterior_mean``/``posterior_std`` at the arm for
+    GP-TS, ...)."""
+
+    interaction: int
+    psi: dict
+    arm: torch.Tensor
+    info: dict
+
+
+def _check_interaction(interaction):
+    if isinstance(interaction, bool) or not isinstance(interaction, int) or interaction < 0:
+        raise ValueError(f"interaction must be an integer >= 0, got {interaction!r}")
+    return interaction
+
+
+def _check_progress(progress):
+    try:
+        progress = float(progress)
+    except (TypeError, ValueError):
+        raise ValueError(f"progress must be a number in [0, 1], got {progress!r}") from None
+    if not 0.0 <= progress <= 1.0:
+        raise ValueError(f"progress must be in [0, 1], got {progress}")
+    return progress
+
+
+def _as_psi(option, value, default):
+    """A full, validated ψ dict from a dict (missing names taken from ``default``) or 3 numbers."""
+    if isinstance(value, Mapping):
+        unknown = set(value) - set(PSI_FIELDS)
+        if unknown:
+            raise ValueError(f"{option}: unknown names {sorted(unknown)}; valid: {list(PSI_FIELDS)}")
+        values = [value.get(name, default[name]) for name in PSI_FIELDS]
+    elif isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 3:
+        values = list(value)
+    else:
+        raise ValueError(f"{option} must be a dict over {list(PSI_FIELDS)} or 3 numbers, got {value!r}")
+    names = tuple(f"{option}[{name!r}]" for name in PSI_FIELDS)
+    return dict(zip(PSI_FIELDS, Psi.validate(*values, names=names)))
+
+
+class Policy:
+    """The common interface; subclasses set ``name`` and implement ``_choose``."""
+
+    name = ""
+
+    def __init__(self, space: ArmSpace | None = None, seed: int = 0):
+        if space is not None and not isinstance(space, ArmSpace):
+            raise ValueError(f"space must be an ArmSpace, got {type(space).__name__}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        self.space = ArmSpace.paper_grid("rho") if space is None else space
+        self.seed = seed
+
+    def config(self) -> dict:
+        """Everything that defines the policy, as plain values (checked by ``load_state_dict``)."""
+        return {"policy": self.name, "seed": self.seed, "space": self.space.config()}
+
+    def decide(self, interaction: int, progress: float = 0.0) -> Decision:
+        """ψ for interaction ``interaction`` (0-based), at training progress in [0, 1]."""
+        interaction = _check_interaction(interaction)
+        progress = _check_progress(progress)
+        start = time.perf_counter()
+        arm, psi, info = self._choose(interaction, progress)
+        info = {"policy": self.name, "decision_time_s": time.perf_counter() - start, "fallback": False,
+                "posterior_mean": None, "posterior_std": None, **info}  # subclasses may override
+        return Decision(interaction, psi, arm, info)
+
+    def _choose(self, interaction, progress):
+        raise NotImplementedError
+
+    def observe(self, arm: torch.Tensor, reward: float | None, progress: float = 0.0) -> bool:
+        """Record the reward of ``arm`` (played from ``progress``). A None or non-finite reward
+        is ignored; returns whether the observation was used."""
+        self.space.psi(arm)  # validates the arm's shape
+        _check_progress(progress)
+        return False
+
+    def posterior(self, progress: float = 0.0):
+        """(arms, mean, std) of the reward over the candidate arms; None for non-GP policies."""
+        return None
+
+    def state_dict(self) -> dict:
+        return {"format": STATE_FORMAT, "config": self.config()}
+
+    def load_state_dict(self, state: Mapping):
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"bandit state format {state.get('format')!r} is not {STATE_FORMAT}")
+        saved, ours = state["config"], self.config()
+        differing = sorted(key for key in set(saved) | set(ours) if saved.get(key) != ours.get(key))
+        if differing:
+            details = "; ".join(f"{key}: saved {saved.get(key)!r}, now {ours.get(key)!r}" for key in differing)
+            raise ValueError(f"bandit state was saved with a different configuration ({details})")
+
+
+class ConstantPolicy(Policy):
+    """The same ψ every interaction (fairseq's default 0.15/0.1/0.1 unless given)."""
+
+    name = "constant"
+
+    def __init__(self, space=None, seed=0, *, psi=FAIRSEQ_DEFAULT_PSI):
+        super().__init__(space, seed)
+        self.psi = _as_psi("psi", psi, FAIRSEQ_DEFAULT_PSI)
+
+    def config(self):
+        return {**super().config(), "psi": dict(self.psi)}
+
+    def _choose(self, interaction, progress):
+        return self.space.arm(self.psi), dict(self.psi), {}
+
+
+class SchedulePolicy(Policy):
+    """ψ moves from ``psi_start`` (progress 0) to ``psi_end`` (progress 1): linearly, along a
+    half cosine, or in ``n_steps`` equal stairs. Default: Ankner et al.'s ρ 0.30 -> 0.15.
+    Every ψ on the way is a convex combination of the two ends, so γ + λ <= 1 holds."""
+
+    name = "schedule"
+
+    def __init__(self, space=None, seed=0, *, psi_start=ANKNER_START_PSI, psi_end=ANKNER_END_PSI,
+                 shape="linear", n_steps=2):
+        super().__init__(space, seed)
+        self.psi_start = _as_psi("psi_start", psi_start, ANKNER_START_PSI)
+        self.psi_end = _as_psi("psi_end", psi_end, self.psi_start)
+        self.shape = check_choice("schedule", shape, SCHEDULE_SHAPES)
+        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 2:
+            raise ValueError(f"n_steps must be an integer >= 2, got {n_steps!r}")
+        self.n_steps = n_steps
+
+    def config(self):
+        return {**super().config(), "psi_start": dict(self.psi_start), "psi_end": dict(self.psi_end),
+                "shape": self.shape, "n_steps": self.n_steps}
+
+    def weight(self, progress: float) -> float:
+        """How far along from start (0) to end (1) the schedule is at ``progress``."""
+        if self.shape == "linear":
+            return progress
+        if self.shape == "cosine":
+            return 0.5 * (1.0 - math.cos(math.pi * progress))
+        return min(math.floor(progress * self.n_steps), self.n_steps - 1) / (self.n_steps - 1)
+
+    def _choose(self, interaction, progress):
+        weight = self.weight(progress)
+        psi = {
+            name: min(max((1.0 - weight) * self.psi_start[name] + weight * self.psi_end[name], 0.0), 1.0)
+            for name in PSI_FIELDS
+        }
+        return self.space.arm(psi), psi, {}
+
+
+class RandomPolicy(Policy):
+    """A candidate arm drawn uniformly, from a generator seeded by (seed, interaction)."""
+
+    name = "random"
+
+    def _choose(self, interaction, progress):
+        generator = interaction_generator(self.seed, interaction, "random")
+        index = int(torch.randint(len(self.space), (), generator=generator))
+        arm = self.space.candidates[index].clone()
+        return arm, self.space.psi(arm), {}
+
+
+class GPThompsonPolicy(Policy):
+    """GP-TS: refit a GP to the standardised rewards after each observation (type-II ML);
+    decide by one joint posterior draw over the candidate arms, then argmax.
+
+    Defaults differ from the paper where a measurement says so (benchmarks/nonstationary.py,
+    tests/test_bandit_regret.py): BoTorch's classic Gamma priors on length-scale, output-scale
+    and noise (MAP instead of plain ML-II, which with a handful of noisy rewards often lands
+    on "all noise" or vanishing length-scales), fitted by warm-started L-BFGS. The paper's
+    set-up is ``priors="none", fit=FitSettings.paper()``.
+
+    ``context="progress"`` adds training progress as a GP input (contextual GP-TS: rewards of
+    past interactions inform the present through a learned length-scale in time);
+    ``window=W`` fits only the last W observations (forgets the early regime).
+    """
+
+    name = "gp-ts"
+
+    def __init__(self, space=None, seed=0, *, kernel="rbf", mean="zero", ard=True, priors="gamma",
+                 context="none", window=None, fit: FitSettings | Mapping | None = None):
+        super().__init__(space, seed)
+        self.context = check_choice("context", context, CONTEXTS)
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+            raise ValueError(f"window must be None or an integer >= 1, got {window!r}")
+        self.window = window
+        if fit is None or isinstance(fit, Mapping):
+            fit = FitSettings(**(fit or {}))
+        if not isinstance(fit, FitSettings):
+            raise ValueError(f"fit must be a FitSettings or a dict of its fields, got {type(fit).__name__}")
+        self.fit_settings = fit
+        self.kernel, self.mean, self.ard, self.priors = kernel, mean, bool(ard), priors
+        self.input_dim = len(self.space.dims) + (self.context == "progress")
+        self.model = ArmGP(self.input_dim, kernel=kernel, mean=mean, ard=self.ard, priors=priors)
+        dims = len(self.space.dims)
+        self.arms = torch.empty(0, dims, dtype=torch.float64)
+        self.rewards = torch.empty(0, dtype=torch.float64)
+        self.progress = torch.empty(0, dtype=torch.float64)
+        self.last_fit = {"fit_time_s": 0.0, "fit_failed": False, "fit_error": None}
+
+    def config(self):
+        fit = self.fit_settings
+        return {**super().config(), "kernel": self.kernel, "mean": self.mean, "ard": self.ard, "priors": self.priors,
+                "context": self.context, "window": self.window,
+                "fit": {"method": fit.method, "max_iter": fit.max_iter, "tolerance": fit.tolerance,
+                        "lr": fit.lr, "warm_start": fit.warm_start}}
+
+    # -- data ---------------------------------------------------------------------------------
+
+    def _inputs(self, arms: torch.Tensor, progress: torch.Tensor) -> torch.Tensor:
+        unit = self.space.to_unit(arms)
+        if self.context == "progress":
+            unit = torch.cat([unit, progress.reshape(-1, 1)], dim=1)
+        return unit
+
+    def _training_data(self):
+        """Inputs, standardised rewards and the (shift, scale) that standardised them."""
+        arms, rewards, progress = self.arms, self.rewards, self.progress
+        if self.window is not None:
+            arms, rewards, progress = arms[-self.window :], rewards[-self.window :], progress[-self.window :]
+        shift = float(rewards.mean()) if rewards.numel() else 0.0
+        scale = float(rewards.std(correction=0)) if rewards.numel() > 1 else 0.0
+        scale = scale if scale > 0.0 and math.isfinite(scale) else 1.0
+        return self._inputs(arms, progress), (rewards - shift) / scale, shift, scale
+
+    def observe(self, arm, reward, progress=0.0):
+        arm = torch.as_tensor(arm, dtype=torch.float64).reshape(-1)
+        self.space.psi(arm)
+        progress = _check_progress(progress)
+        if reward is None or not math.isfinite(float(reward)):
+            return False
+        self.arms = torch.cat([self.arms, arm.unsqueeze(0)])
+        self.rewards = torch.cat([self.rewards, torch.tensor([float(reward)], dtype=torch.float64)])
+        self.progress = torch.cat([self.progress, torch.tensor([progress], dtype=torch.float64)])
+        self._refit()
+        return True
+
+    def _refit(self):
+        x, y, _, _ = self._training_data()
+        with single_thread():
+            try:
+                result = fit_hyperparameters(self.model, x, y, self.fit_settings)
+                self.last_fit = {"fit_time_s": result.seconds, "fit_failed": False, "fit_error": None}
+            except GPNumericalError as error:
+                self.model.set_train_data(x, y, strict=False)
+                warnings.warn(f"gp-ts: the GP fit failed after {len(self.rewards)} observations ({error}); "
+                              "keeping the previous hyperparameters", BanditWarning, stacklevel=3)
+                self.last_fit = {"fit_time_s": 0.0, "fit_failed": True, "fit_error": str(error)}
+
+    # -- decisions ----------------------------------------------------------------------------
+
+    def _candidate_inputs(self, progress):
+        candidates = self.space.candidates
+        return self._inputs(candidates, torch.full((len(candidates),), progress, dtype=torch.float64))
+
+    def _choose(self, interaction, progress):
+        start = time.perf_counter()
+        x, y, shift, scale = self._training_data()
+        info = {**self.last_fit, "observations": int(y.shape[0]), "jitter": None, "fallback_reason": None}
+        with single_thread():
+            try:
+                mean, covariance = posterior(self.model, x, y, self._candidate_inputs(progress))
+                generator = interaction_generator(self.seed, interaction, "gp-ts")
+                index, info["jitter"] = thompson_draw(mean, covariance, generator)
+                info["posterior_mean"] = float(mean[index]) * scale + shift
+                info["posterior_std"] = math.sqrt(max(float(covariance[index, index]), 0.0)) * scale
+            except GPNumericalError as error:
+                generator = interaction_generator(self.seed, interaction, "fallback")
+                index = int(torch.randint(len(self.space), (), generator=generator))
+                warnings.warn(f"gp-ts: interaction {interaction}: {error}; playing a random arm instead",
+                              BanditWarning, stacklevel=3)
+                info.update(fallback=True, fallback_reason=str(error))
+        info["hyperparameters"] = self.model.summary()
+        info["sample_time_s"] = time.perf_counter() - start
+        info["decision_time_s"] = info["fit_time_s"] + info["sample_time_s"]  # the refit ran in observe
+        arm = self.space.candidates[index].clone()
+        return arm, self.space.psi(arm), info
+
+    def posterior(self, progress=0.0):
+        """(arms [m, d], mean [m], std [m]) of the reward (in reward units) over the candidates."""
+        progress = _check_progress(progress)
+        x, y, shift, scale = self._training_data()
+        with single_thread():
+            mean, variance = posterior(self.model, x, y, self._candidate_inputs(progress), diag=True)
+        return self.space.candidates.clone(), mean * scale + shift, variance.clamp_min(0.0).sqrt() * scale
+
+    # -- state --------------------------------------------------------------------------------
+
+    def state_dict(self):
+        return {**super().state_dict(), "arms": self.arms.clone(), "rewards": self.rewards.clone(),
+                "progress": self.progress.clone(),
+                "model": {name: value.clone() for name, value in self.model.state_dict().items()},
+                "last_fit": dict(self.last_fit)}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.arms = state["arms"].to(torch.float64).clone()
+        self.rewards = state["rewards"].to(torch.float64).clone()
+        self.progress = state["progress"].to(torch.float64).clone()
+        self.model.load_state_dict(state["model"])
+        self.last_fit = dict(state["last_fit"])
+        x, y, _, _ = self._training_data()
+        self.model.set_train_data(x, y, strict=False)
+
+
+_POLICY_CLASSES = {cls.name: cls for cls in (ConstantPolicy, SchedulePolicy, RandomPolicy, GPThompsonPolicy)}
+
+
+def make_policy(name: str, *, space: ArmSpace | None = None, seed: int = 0, **options) -> Policy:
+    """The policy called ``name`` (one of POLICIES) over ``space`` (default: the paper's ρ grid)."""
+    check_choice("policy", name, POLICIES)
+    return _POLICY_CLASSES[name](space, seed, **options)
