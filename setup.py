@@ -9,8 +9,15 @@ import glob
 import os
 
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
-import torch
+
+try:
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+except ModuleNotFoundError as error:  # pip's isolated build environment has no torch
+    raise SystemExit(
+        "gpts-fairseq builds its extension against your installed torch: install torch first, then "
+        "`pip install --no-build-isolation .` (or run `make install`)"
+    ) from error
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fopenmp"]  # OpenMP: ATen's parallel_for backend
@@ -36,6 +43,10 @@ setup(
     version="0.1.0",
     packages=find_packages(include=["gpts_fairseq", "gpts_fairseq.*"]),
     python_requires=">=3.9",
+    # torch and fairseq are not listed: the user's own builds are kept (see the Makefile).
+    install_requires=["numpy", "gpytorch>=1.11", "matplotlib"],
+    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
+    entry_points={"console_scripts": ["gpts-report = gpts_fairseq.report.cli:main"]},
     ext_modules=[masking_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )
