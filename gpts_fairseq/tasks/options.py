@@ -1,0 +1,72 @@
+"""Checks and conversions of the ``--gpts-*`` options, done before any data is read."""
+
+from ..bandit import ArmSpace
+from ..masking.spec import PSI_FIELDS, Psi
+
+PSI_OPTIONS = ("--mask-prob", "--leave-unmasked-prob", "--random-token-prob")
+REF_OPTIONS = ("--gpts-ref-mask-prob", "--gpts-ref-leave-unmasked-prob", "--gpts-ref-random-token-prob")
+
+
+def _numbers(option, text, count):
+    parts = [part.strip() for part in str(text).split(",")]
+    try:
+        values = [float(part) for part in parts]
+    except ValueError:
+        values = []
+    if len(values) != count:
+        raise ValueError(f"{option} must be {count} comma-separated numbers, got {text!r}")
+    return values
+
+
+def parse_psi_list(option, text) -> Psi:
+    """ψ from 'RHO,GAMMA,LAMBDA', errors naming ``option``."""
+    values = _numbers(option, text, 3)
+    return Psi.from_options(*values, names=tuple(f"{option} {name}" for name in PSI_FIELDS))
+
+
+def _non_negative_int(option, value):
+    if int(value) != value or value < 0:
+        raise ValueError(f"{option} must be an integer >= 0, got {value}")
+
+
+def validate_config(cfg):
+    """ValueError naming the option (and its valid range) for any bad gpts_mlm option."""
+    Psi.from_options(cfg.mask_prob, cfg.leave_unmasked_prob, cfg.random_token_prob, names=PSI_OPTIONS)
+    Psi.from_options(cfg.gpts_ref_mask_prob, cfg.gpts_ref_leave_unmasked_prob, cfg.gpts_ref_random_token_prob,
+                     names=REF_OPTIONS)
+    if cfg.mask_multiple_length < 1:
+        raise ValueError(f"--mask-multiple-length must be >= 1, got {cfg.mask_multiple_length}")
+    if not cfg.mask_stdev >= 0:
+        raise ValueError(f"--mask-stdev must be >= 0, got {cfg.mask_stdev}")
+    for option, value in (("--gpts-interaction-updates", cfg.gpts_interaction_updates),
+                          ("--gpts-reward-batches", cfg.gpts_reward_batches),
+                          ("--gpts-window", cfg.gpts_window)):
+        _non_negative_int(option, value)
+    if cfg.gpts_policy == "schedule":
+        parse_psi_list("--gpts-schedule-end", cfg.gpts_schedule_end)
+    needs_progress = cfg.gpts_policy == "schedule" or (cfg.gpts_policy == "gp-ts" and cfg.gpts_context == "progress")
+    if needs_progress and cfg.max_update <= 0 and cfg.max_epoch <= 0:
+        raise ValueError("--gpts-policy schedule and --gpts-context progress need the length of training: "
+                         "set --max-update or --max-epoch")
+    if cfg.gpts_policy in ("random", "gp-ts"):
+        arm_space(cfg, Psi.from_options(cfg.mask_prob, cfg.leave_unmasked_prob, cfg.random_token_prob,
+                                        names=PSI_OPTIONS))
+
+
+def arm_space(cfg, first: Psi) -> ArmSpace:
+    """The arms random/gp-ts choose among: ρ (γ, λ fixed at the first ψ) or all of ψ, on a
+    grid of --gpts-arm-step within --gpts-arm-bounds, or continuous when the step is 0."""
+    lower, upper = _numbers("--gpts-arm-bounds", cfg.gpts_arm_bounds, 2)
+    if not 0.0 <= lower < upper <= 1.0:
+        raise ValueError(f"--gpts-arm-bounds must satisfy 0 <= lower < upper <= 1, got {cfg.gpts_arm_bounds!r}")
+    if not 0.0 <= cfg.gpts_arm_step <= upper - lower:
+        raise ValueError(f"--gpts-arm-step must be in [0, {upper - lower:g}] (0 = continuous; at most the "
+                         f"width of --gpts-arm-bounds), got {cfg.gpts_arm_step}")
+    dims = ("mask_prob",) if cfg.gpts_arms == "rho" else PSI_FIELDS
+    fixed = {name: value for name, value in first.as_dict().items() if name not in dims}
+    try:
+        return ArmSpace(dims, {name: (lower, upper) for name in dims}, fixed=fixed,
+                        step=cfg.gpts_arm_step or None, seed=int(cfg.seed))
+    except ValueError as error:
+        raise ValueError(f"--gpts-arms {cfg.gpts_arms} with --gpts-arm-bounds {cfg.gpts_arm_bounds} "
+                         f"--gpts-arm-step {cfg.gpts_arm_step}: {error}") from None
