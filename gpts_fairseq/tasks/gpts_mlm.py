@@ -50,7 +50,9 @@ logger = logging.getLogger(__name__)
 # fairseq stores its command line (an argparse.Namespace) in every checkpoint, and torch >= 2.6
 # loads checkpoints with weights_only=True, which refuses it: without this, no fairseq run
 # trained from the command line could be resumed. Namespace is a plain attribute holder.
-torch.serialization.add_safe_globals([argparse.Namespace])
+# Likewise fairseq's broadcast_object (used to share a checkpoint between ranks on resume)
+# pickles tensors as _TensorPlaceholder markers. Both are plain data holders.
+torch.serialization.add_safe_globals([argparse.Namespace, distributed_utils._TensorPlaceholder])
 
 HISTORY_FILE = "gpts_history.jsonl"
 VALID_STEP = 0  # masking step of validation; training uses the epoch (>= 1)
@@ -243,7 +245,6 @@ class GPTSMaskedLMTask(MaskedLMTask):
         if not (starting or self._interaction_due(update_num)):
             return
         rank, world_size = _data_parallel_rank_and_size()
-        record = None
         if rank == 0:
             # the interaction must leave the global RNGs (dropout) as they were: a resumed run
             # builds its reward batches at a different moment than an uninterrupted one
@@ -254,16 +255,17 @@ class GPTSMaskedLMTask(MaskedLMTask):
                     self.loop.start(loss)
                     logger.info(f"gpts: reference validation loss before interaction 0: {loss:.4f}")
                 else:
-                    record = self.loop.finish(loss, update=update_num, epoch=self.epoch,
-                                              progress=self.progress(update_num))
+                    self.loop.finish(loss, update=update_num, epoch=self.epoch, progress=self.progress(update_num))
                     self._write_history()
-        if world_size > 1:
-            record = distributed_utils.broadcast_object(
-                record, src_rank=0, group=distributed_utils.get_data_parallel_group(),
-                dist_device=torch.device("cpu") if not torch.cuda.is_available() else None)
-        if record is not None:
-            self.psi = Psi(**record["next_psi"])
-            self._log_interaction(record)
+        if world_size > 1:  # every rank holds rank 0's loop, so all agree on psi and on the next boundary
+            group = distributed_utils.get_data_parallel_group()
+            state = [self.loop.state_dict() if rank == 0 else None]
+            torch.distributed.broadcast_object_list(state, src=torch.distributed.get_global_rank(group, 0), group=group)
+            if rank != 0:
+                self.loop.load_state_dict(state[0])
+        self.psi = Psi(**self.loop.psi)
+        if not starting:
+            self._log_interaction(self.loop.history[-1])
 
     def _log_interaction(self, record):
         psi = ", ".join(f"{k}={v:.3f}" for k, v in record["next_psi"].items())
@@ -281,7 +283,9 @@ class GPTSMaskedLMTask(MaskedLMTask):
     def reference_loss(self, model, criterion) -> float:
         """The loss (bits per masked token) of the fixed reward batches at the reference
         masking, with the model in eval mode; the same masks every time."""
-        module = getattr(model, "module", model)
+        module = model
+        while isinstance(getattr(module, "module", None), torch.nn.Module):  # DDP and proxy wrappers
+            module = module.module  # rank 0 alone runs it: no collective may happen
         device = next(module.parameters()).device
         was_training = module.training
         module.eval()
@@ -349,3 +353,4 @@ def _data_parallel_rank_and_size():
     if not torch.distributed.is_available() or not torch.distributed.is_initialized():
         return 0, 1
     return distributed_utils.get_data_parallel_rank(), distributed_utils.get_data_parallel_world_size()
+

@@ -1,0 +1,61 @@
+"""Shared fixtures: a tiny binarized corpus (from ../shared/data) and a fairseq-train runner."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+PACKAGE_DIR = REPO / "gpts_fairseq"
+
+# A RoBERTa small enough that an update takes milliseconds on one CPU thread.
+TINY_MODEL = [
+    "--arch", "roberta_base", "--encoder-layers", "2", "--encoder-embed-dim", "32",
+    "--encoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2", "--max-positions", "64",
+    "--tokens-per-sample", "64", "--batch-size", "8", "--required-batch-size-multiple", "1",
+    "--optimizer", "adam", "--lr", "0.003", "--cpu", "--log-format", "json", "--log-interval", "1",
+    "--seed", "7",
+]
+
+
+def _lines(path, count):
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        lines = [line for line in handle if line.strip()]
+    return lines[:count]
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """Binarized train/valid splits of the linux corpus: 1,200 / 200 non-empty lines."""
+    root = tmp_path_factory.mktemp("corpus")
+    source = SHARED_DATA / "linux"
+    (root / "train.txt").write_text("".join(_lines(source / "train.txt", 1200)), encoding="utf-8")
+    (root / "valid.txt").write_text("".join(_lines(source / "valid.txt", 200)), encoding="utf-8")
+    subprocess.run(
+        [sys.executable, "-m", "fairseq_cli.preprocess", "--only-source", "--trainpref", str(root / "train.txt"),
+         "--validpref", str(root / "valid.txt"), "--destdir", str(root / "bin"), "--workers", "1",
+         "--nwordssrc", "1000"],
+        check=True, capture_output=True, text=True,
+    )
+    return root / "bin"
+
+
+def run_fairseq(args, *, tool="train", check=True, timeout=600):
+    """Run fairseq_cli.<tool> in a subprocess with one thread; returns the CompletedProcess."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", f"fairseq_cli.{tool}", *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"fairseq {tool} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def json_log(proc, tag):
+    """The JSON records fairseq logged under ``tag`` ("train_inner", "valid", ...)."""
+    marker = f"| {tag} | "
+    return [json.loads(line.split(marker, 1)[1]) for line in (proc.stdout + proc.stderr).splitlines()
+            if marker in line]
