@@ -147,3 +147,41 @@ def test_bad_option_fails_before_training(tiny_corpus, tmp_path):
     assert proc.returncode != 0
     assert "--mask-prob must be in [0, 1], got 2.0" in proc.stderr
     assert "train_inner" not in proc.stderr + proc.stdout and not (tmp_path / "save" / "checkpoint_last.pt").exists()
+
+
+def test_whole_word_masking_from_wordpiece_dictionary(tmp_path):
+    """With --mask-whole-words a '##' continuation is selected exactly when its word start is."""
+    words = ["play ##ing", "foot ##ball", "the", "cat ##s", "run ##ning ##s", "a", "dog"]
+    lines = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(12)) for i in range(60)]
+    for split in ("train", "valid"):
+        (tmp_path / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    subprocess.run([sys.executable, "-m", "fairseq_cli.preprocess", "--only-source", "--trainpref",
+                    tmp_path / "train.txt", "--validpref", tmp_path / "valid.txt", "--destdir", tmp_path / "bin",
+                    "--workers", "1"], check=True, capture_output=True)
+    cfg, task = _setup(tmp_path / "bin", "--mask-whole-words", "--mask-prob", "0.3")
+    symbols = task.dictionary.symbols
+    starts = task.spec.word_start.tolist()
+    assert [starts[i] for i, s in enumerate(symbols) if s.startswith("##")] == [False] * 4
+    assert starts[task.dictionary.index("play")] and starts[task.dictionary.bos()]
+    task.load_dataset("valid")
+    dataset = task.dataset("valid")
+    sample = dataset.collater([dataset[i] for i in range(len(dataset))])
+    masked = task.mask_sample(sample, task.psi, step=1)
+    tokens, selected = sample["net_input"]["src_tokens"], masked["target"].ne(task.dictionary.pad())
+    continuation = torch.tensor([s.startswith("##") for s in symbols])[tokens]
+    checked = 0
+    for row in range(tokens.shape[0]):
+        for t in range(1, tokens.shape[1]):
+            if continuation[row, t] and tokens[row, t - 1] >= task.dictionary.nspecial:
+                assert selected[row, t] == selected[row, t - 1]  # same word, same decision
+                checked += 1
+    assert checked > 100 and selected.any()
+
+    with pytest.raises(ValueError, match="--mask-whole-words: cannot tell word starts"):
+        _setup(_plain_dictionary_dir(tmp_path), "--mask-whole-words")
+
+
+def _plain_dictionary_dir(tmp_path):
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "dict.txt").write_text("hello 5\nworld 3\n")
+    return tmp_path / "plain"

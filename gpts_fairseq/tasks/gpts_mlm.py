@@ -27,7 +27,6 @@ from fairseq.data import (
     SortDataset,
     data_utils,
 )
-from fairseq.data.encoders.utils import get_whole_word_mask
 from fairseq.dataclass import ChoiceEnum
 from fairseq.distributed import utils as distributed_utils
 from fairseq.logging import metrics
@@ -152,12 +151,9 @@ class GPTSMaskedLMTask(MaskedLMTask):
         return make_policy(str(cfg.gpts_policy), space=space, seed=int(cfg.seed), **options)
 
     def _word_starts(self):
-        """Per-id "begins a word" flags: from --bpe when fairseq can build it, else from the
-        pieces themselves (sentencepiece '▁' prefixes, wordpiece '##' continuations)."""
-        args = getattr(self, "args", None)
-        flags = get_whole_word_mask(args, self.dictionary) if args is not None else None
-        if flags is not None:
-            return flags.bool()
+        """Per-id "begins a word" flags, read from the pieces: sentencepiece marks word starts
+        with '▁', wordpiece marks continuations with '##'. (masked_lm asks --bpe instead, which
+        a dataclass task cannot see in fairseq 0.12.)"""
         symbols = self.dictionary.symbols
         nspecial = self.dictionary.nspecial
         if any(s.startswith("\u2581") for s in symbols[nspecial:]):
