@@ -145,6 +145,35 @@ namespace {
 
 using Outputs = std::tuple<at::Tensor, at::Tensor>;
 
+// Fast path on the CPU: 64 positions at a time, the selection blocks first and the candidates
+// after, so independent Philox blocks overlap instead of waiting behind unpredictable branches.
+// The decisions are the header's (fast_candidate, fast_mask_candidate), as on the GPU.
+constexpr int64_t kChunk = 64;
+
+template <typename index_t>
+void mask_chunk_fast(const MaskParams& p, const index_t* tokens, index_t* source, index_t* target,
+                     int64_t first, int64_t length, uint32_t sample_id) {
+  const int64_t count = std::min(kChunk, length - first);
+  uint32_t select[kChunk];
+  // u_sel of positions first, first + 1, ...: consecutive words of one stream (first % 4 == 0)
+  at::Philox4_32 stream = philox_stream(p, sample_id, kStreamSelect, static_cast<uint32_t>(first >> 2));
+  for (int64_t j = 0; j < count; ++j) select[j] = stream();
+  int64_t candidates[kChunk];
+  int64_t found = 0;
+  const index_t pad = static_cast<index_t>(p.pad_idx);
+  for (int64_t j = 0; j < count; ++j) {
+    const index_t token = tokens[first + j];
+    source[first + j] = token;
+    target[first + j] = pad;
+    candidates[found] = first + j;
+    found += fast_candidate(p, token, select[j]) ? 1 : 0;
+  }
+  for (int64_t c = 0; c < found; ++c) {
+    const int64_t t = candidates[c];
+    fast_mask_candidate(p, tokens[t], t, sample_id, source + t, target + t);
+  }
+}
+
 template <typename index_t>
 void mask_batch_cpu(const MaskParams& p, const at::Tensor& tokens, const at::Tensor& sample_ids,
                     at::Tensor& source, at::Tensor& target) {
@@ -155,13 +184,13 @@ void mask_batch_cpu(const MaskParams& p, const at::Tensor& tokens, const at::Ten
   index_t* out_target = target.data_ptr<index_t>();
   const int64_t* ids = sample_ids.data_ptr<int64_t>();
   if (is_fast_path(p)) {
-    const int64_t quads = (length + 3) / 4;
-    at::parallel_for(0, batch * quads, kTokensPerTask / 4, [&](int64_t begin, int64_t end) {
+    const int64_t chunks = (length + kChunk - 1) / kChunk;
+    at::parallel_for(0, batch * chunks, kTokensPerTask / kChunk, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t row = task / quads;
+        const int64_t row = task / chunks;
         const int64_t offset = row * length;
-        mask_quad_fast(p, in + offset, out_source + offset, out_target + offset, task % quads,
-                       length, static_cast<uint32_t>(ids[row]));
+        mask_chunk_fast(p, in + offset, out_source + offset, out_target + offset,
+                        (task % chunks) * kChunk, length, static_cast<uint32_t>(ids[row]));
       }
     });
     return;

@@ -43,10 +43,17 @@ struct Words {
   uint32_t w[4];
 };
 
+// ATen's Philox engine positioned at counter (c0, sample_id, step, stream). Each call returns
+// the next word: the four words of c0, then those of c0 + 1, ... (the engine increments c0).
+C10_HOST_DEVICE inline at::Philox4_32 philox_stream(
+    const MaskParams& p, uint32_t sample_id, uint32_t stream, uint32_t c0) {
+  return at::Philox4_32(p.seed, (static_cast<uint64_t>(stream) << 32) | p.step,
+                        (static_cast<uint64_t>(sample_id) << 32) | c0);
+}
+
 C10_HOST_DEVICE inline Words philox_words(
     const MaskParams& p, uint32_t sample_id, uint32_t stream, uint32_t c0) {
-  at::Philox4_32 engine(p.seed, (static_cast<uint64_t>(stream) << 32) | p.step);
-  engine.set_offset((static_cast<uint64_t>(sample_id) << 32) | c0);
+  at::Philox4_32 engine = philox_stream(p, sample_id, stream, c0);
   Words out;
   out.w[0] = engine();
   out.w[1] = engine();
@@ -55,19 +62,44 @@ C10_HOST_DEVICE inline Words philox_words(
   return out;
 }
 
-// Smallest m in [0, size) with u < cdf[m] (cdf non-decreasing, last entry 2**32).
+// Smallest m in [0, size) with u < cdf[m] (cdf non-decreasing, last entry 2**32). The search
+// starts where a uniform table would put u (there, it ends within a step or two: uniform
+// random replacement is the common case), then gallops outwards and bisects. Any exact search
+// gives the same m.
 C10_HOST_DEVICE inline int64_t first_above(const int64_t* cdf, int64_t size, uint32_t u) {
-  int64_t low = 0;
-  int64_t high = size - 1;
-  while (low < high) {
+  const int64_t value = static_cast<int64_t>(u);
+  const int64_t guess = static_cast<int64_t>((static_cast<uint64_t>(u) * static_cast<uint64_t>(size)) >> 32);
+  int64_t low;   // -1 or an index with cdf[low] <= value
+  int64_t high;  // an index with value < cdf[high]
+  int64_t step = 1;
+  if (value < cdf[guess]) {
+    high = guess;
+    low = guess - 1;
+    while (low >= 0 && value < cdf[low]) {
+      high = low;
+      low = high - step;
+      step <<= 1;
+    }
+    if (low < -1) low = -1;
+  } else {
+    low = guess;
+    high = guess + 1;
+    while (high < size - 1 && cdf[high] <= value) {
+      low = high;
+      high = low + step;
+      step <<= 1;
+    }
+    if (high > size - 1) high = size - 1;
+  }
+  while (high - low > 1) {
     const int64_t mid = low + (high - low) / 2;
-    if (static_cast<int64_t>(u) < cdf[mid]) {
+    if (value < cdf[mid]) {
       high = mid;
     } else {
-      low = mid + 1;
+      low = mid;
     }
   }
-  return low;
+  return high;
 }
 
 C10_HOST_DEVICE inline bool is_maskable(const MaskParams& p, int64_t token) {
@@ -87,9 +119,26 @@ C10_HOST_DEVICE inline index_t masked_value(
   return static_cast<index_t>(p.mask_idx);
 }
 
-// Fast path (Bernoulli, one token per unit, span table of two entries): positions
-// 4*quad .. 4*quad+3 of one row, from one selection block. With a two-entry span table a start
-// covers itself iff u_len >= span_cdf[0] (span length 1, else 0).
+// Fast path (Bernoulli, one token per unit, span table of two entries). A position is a
+// candidate when its token is maskable and its selection word is below thr(rho / L); with a
+// two-entry span table a start covers itself iff u_len >= span_cdf[0] (length 1, else 0).
+template <typename index_t>
+C10_HOST_DEVICE inline bool fast_candidate(const MaskParams& p, index_t token, uint32_t u_sel) {
+  return u_sel < p.select_threshold && is_maskable(p, token);
+}
+
+// Source and target of a fast-path candidate at position t.
+template <typename index_t>
+C10_HOST_DEVICE inline void fast_mask_candidate(
+    const MaskParams& p, index_t token, int64_t t, uint32_t sample_id, index_t* source,
+    index_t* target) {
+  const Words draw = philox_words(p, sample_id, kStreamToken, static_cast<uint32_t>(t));
+  const bool covered = static_cast<int64_t>(draw.w[2]) >= p.span_cdf[0];
+  *source = covered ? masked_value(p, token, draw.w[0], draw.w[1]) : token;
+  *target = covered ? token : static_cast<index_t>(p.pad_idx);
+}
+
+// Fast path for positions 4*quad .. 4*quad+3 of one row, from one selection block.
 template <typename index_t>
 C10_HOST_DEVICE inline void mask_quad_fast(
     const MaskParams& p, const index_t* tokens, index_t* source, index_t* target,
@@ -100,16 +149,12 @@ C10_HOST_DEVICE inline void mask_quad_fast(
   for (int64_t j = 0; j < count; ++j) {
     const int64_t t = first + j;
     const index_t token = tokens[t];
-    if (select.w[j] < p.select_threshold && is_maskable(p, token)) {
-      const Words draw = philox_words(p, sample_id, kStreamToken, static_cast<uint32_t>(t));
-      if (static_cast<int64_t>(draw.w[2]) >= p.span_cdf[0]) {
-        source[t] = masked_value(p, token, draw.w[0], draw.w[1]);
-        target[t] = token;
-        continue;
-      }
+    if (fast_candidate(p, token, select.w[j])) {
+      fast_mask_candidate(p, token, t, sample_id, source + t, target + t);
+    } else {
+      source[t] = token;
+      target[t] = static_cast<index_t>(p.pad_idx);
     }
-    source[t] = token;
-    target[t] = static_cast<index_t>(p.pad_idx);
   }
 }
 
@@ -155,12 +200,17 @@ C10_HOST_DEVICE inline bool begins_unit(
   return p.word_start == nullptr || t == 0 || !previous_maskable || p.word_start[token];
 }
 
-// The largest key that is a start in exact mode, found from the unit keys of the row
-// (scratch[0, n): keys in unit order, scratch[n, 2n): working copy). Returns false if k == 0.
+// The largest key that is a start in exact mode (the k-th smallest unit key of the row), or
+// false if k == 0. scratch[0, n) receives the keys in unit order; the k-th smallest is found
+// by a 256-bucket histogram of the top key byte, then selection inside that bucket only
+// (scratch[n, ...)): linear time, and the same answer as any exact selection.
 template <typename index_t>
 C10_HOST_DEVICE inline bool exact_key_bound(
     const MaskParams& p, const index_t* tokens, int64_t length, uint32_t sample_id,
     uint64_t* scratch, uint64_t* bound) {
+  constexpr int kBuckets = 256;
+  uint32_t histogram[kBuckets];
+  for (int b = 0; b < kBuckets; ++b) histogram[b] = 0;
   int64_t n = 0;
   int64_t block = -1;
   Words rank;
@@ -173,7 +223,9 @@ C10_HOST_DEVICE inline bool exact_key_bound(
         block = t >> 2;
         rank = philox_words(p, sample_id, kStreamRank, static_cast<uint32_t>(block));
       }
-      scratch[n] = (static_cast<uint64_t>(rank.w[t & 3]) << 32) | static_cast<uint64_t>(n);
+      const uint32_t u_rank = rank.w[t & 3];
+      scratch[n] = (static_cast<uint64_t>(u_rank) << 32) | static_cast<uint64_t>(n);
+      ++histogram[u_rank >> 24];
       ++n;
     }
     previous_maskable = maskable;
@@ -189,9 +241,18 @@ C10_HOST_DEVICE inline bool exact_key_bound(
     *bound = ~static_cast<uint64_t>(0);
     return true;
   }
+  int64_t below = 0;
+  uint32_t bucket = 0;
+  while (below + histogram[bucket] < k) {
+    below += histogram[bucket];
+    ++bucket;
+  }
   uint64_t* work = scratch + n;
-  for (int64_t i = 0; i < n; ++i) work[i] = scratch[i];
-  *bound = select_kth(work, n, k - 1);
+  int64_t in_bucket = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if ((scratch[i] >> 56) == bucket) work[in_bucket++] = scratch[i];
+  }
+  *bound = select_kth(work, in_bucket, k - below - 1);
   return true;
 }
 
