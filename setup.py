@@ -9,6 +9,8 @@ import glob
 import os
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+from setuptools.command.editable_wheel import editable_wheel
 
 try:
     import torch
@@ -20,6 +22,7 @@ except ModuleNotFoundError as error:  # pip's isolated build environment has no 
     ) from error
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+HOOK_PTH = "gpts_fairseq_hook.pth"  # registers gpts_mlm when fairseq is imported (no --user-dir)
 CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fopenmp"]  # OpenMP: ATen's parallel_for backend
 NVCC_FLAGS = ["-O3", "--fmad=false"]
 
@@ -38,6 +41,22 @@ def masking_extension():
     return CppExtension("gpts_fairseq._C", cpp_sources, extra_compile_args={"cxx": CXX_FLAGS}, **common)
 
 
+class BuildPyWithHook(build_py):
+    """Wheels: the hook's .pth goes to the root of the wheel, i.e. into site-packages."""
+
+    def run(self):
+        super().run()
+        self.copy_file(os.path.join(HERE, HOOK_PTH), os.path.join(self.build_lib, HOOK_PTH))
+
+
+class EditableWheelWithHook(editable_wheel):
+    """Editable installs (pip install -e): the same .pth, beside setuptools' own."""
+
+    def _install_namespaces(self, installation_dir, pth_prefix):
+        super()._install_namespaces(installation_dir, pth_prefix)
+        self.copy_file(os.path.join(HERE, HOOK_PTH), os.path.join(installation_dir, HOOK_PTH))
+
+
 setup(
     name="gpts-fairseq",
     version="0.1.0",
@@ -48,5 +67,6 @@ setup(
     extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
     entry_points={"console_scripts": ["gpts-report = gpts_fairseq.report.cli:main"]},
     ext_modules=[masking_extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True), "build_py": BuildPyWithHook,
+              "editable_wheel": EditableWheelWithHook},
 )
