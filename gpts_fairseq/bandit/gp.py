@@ -94,7 +94,7 @@ def robust_cholesky(matrix: torch.Tensor, what: str, jitters=TRAIN_JITTERS) -> t
     is not finite or every jitter fails. The jitter is added to ``matrix`` in place (callers
     pass matrices they own: a copy of a 1,000 x 1,000 matrix per try is measurable)."""
     diagonal = matrix.diagonal()
-    scale = float(diagonal.mean().abs())
+    scale = float(diagonal.detach().mean().abs())
     if not math.isfinite(scale):
         raise GPNumericalError(f"{what} has non-finite entries")
     scale = max(scale, 1e-12)
