@@ -1,0 +1,68 @@
+"""Training speed of --task gpts_mlm vs fairseq's --task masked_lm: the same tiny RoBERTa, data,
+seed and command line but for the task name, one run each, side by side.
+
+    python benchmarks/train_speed.py [--updates 300] [--workers 1]
+
+Words/s is fairseq's own `wps` of the last `train` record. gpts_mlm runs with its default
+policy (constant), so both train the same masking; only where masking happens differs (the
+training step vs the DataLoader workers). Target: gpts_mlm >= 0.98x masked_lm.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gpts_fairseq.__main__ import DEMO_TRAIN, build_corpus  # noqa: E402
+
+MODEL = DEMO_TRAIN[: DEMO_TRAIN.index("--task")]  # the demo's tiny RoBERTa and optimiser, no gpts options
+TARGET = 0.98
+
+
+def train(data, task, updates, workers, save_dir):
+    command = [sys.executable, "-m", "fairseq_cli.train", str(data), *MODEL, "--task", task,
+               "--criterion", "masked_lm", "--max-update", str(updates), "--total-num-update", str(updates),
+               "--num-workers", str(workers), "--disable-validation", "--no-save", "--save-dir", str(save_dir),
+               "--cpu", "--seed", "1", "--log-format", "json", "--log-interval", "50"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    started = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{task} failed:\n{proc.stderr[-3000:]}")
+    records = [json.loads(line.split("| train | ", 1)[1]) for line in (proc.stdout + proc.stderr).splitlines() if "| train | " in line]
+    return {"task": task, "wps": float(records[-1]["train_wps"]), "train_wall_s": float(records[-1]["train_wall"]),
+            "process_wall_s": wall, "loss": float(records[-1]["train_loss"])}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--updates", type=int, default=300)
+    parser.add_argument("--workers", type=int, default=1, help="DataLoader worker processes (both tasks)")
+    parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "gpts-fairseq-speed")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "train_speed.json"))
+    options = parser.parse_args()
+    data = build_corpus(options.data)
+    rows = [train(data, task, options.updates, options.workers, options.data / task) for task in ("masked_lm", "gpts_mlm")]
+    ratio = rows[1]["wps"] / rows[0]["wps"]
+    print(f"{options.updates} updates, batch 16 x 128 tokens, 1 torch thread, {options.workers} worker(s)\n")
+    print("| task | words/s | train wall (s) | final train loss |\n|---|---:|---:|---:|")
+    for row in rows:
+        print(f"| {row['task']} | {row['wps']:.0f} | {row['train_wall_s']:.0f} | {row['loss']:.3f} |")
+    print(f"\ngpts_mlm / masked_lm = {ratio:.3f} (target >= {TARGET}: {'met' if ratio >= TARGET else 'MISSED'})")
+    os.makedirs(os.path.dirname(os.path.abspath(options.out)), exist_ok=True)
+    with open(options.out, "w") as handle:
+        json.dump({"updates": options.updates, "workers": options.workers, "rows": rows, "ratio": ratio,
+                   "target": TARGET, "load_average": list(os.getloadavg()),
+                   "time": time.strftime("%Y-%m-%d %H:%M:%S %Z")}, handle, indent=2)
+    print(f"wrote {options.out}")
+
+
+if __name__ == "__main__":
+    main()
