@@ -269,3 +269,116 @@ def test_module_entry_point_runs(runs_root, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert str(out / "summary.md") in proc.stdout
     assert math.isfinite(load_run(runs_root / "random" / "seed1").final_val_loss)
+
+
+# -- gpts-report on real fairseq-train runs ------------------------------------------------------
+
+REAL_BUDGET, REAL_EVERY = 20, 5
+
+
+def _train_real(tiny_corpus, save, policy_args):
+    from conftest import PACKAGE_DIR, TINY_MODEL, run_fairseq
+
+    save.mkdir(parents=True)
+    return run_fairseq([
+        tiny_corpus, *TINY_MODEL, "--user-dir", PACKAGE_DIR, "--task", "gpts_mlm", "--criterion", "gpts_masked_lm",
+        *policy_args, "--gpts-interaction-updates", REAL_EVERY, "--gpts-reward-batches", 3, "--max-valid-steps", 2,
+        "--validate-interval-updates", REAL_EVERY, "--validate-interval", 1000, "--max-update", REAL_BUDGET, "--num-workers", 0, "--no-save",
+        "--save-dir", save, "--log-file", save / "train.log",
+    ])
+
+
+@pytest.fixture(scope="module")
+def real_runs(tiny_corpus, tmp_path_factory):
+    """A gp-ts (ρ) and a constant-0.15 fairseq-train run, 20 updates, side by side."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import json_log
+
+    root = tmp_path_factory.mktemp("real")
+    specs = {"gp-ts-rho": ["--gpts-policy", "gp-ts", "--gpts-arms", "rho"], "constant-0.15": ["--gpts-policy", "constant"]}
+    with ThreadPoolExecutor(2) as pool:
+        procs = dict(zip(specs, pool.map(lambda kv: _train_real(tiny_corpus, root / kv[0], kv[1]), specs.items())))
+    for label, args in specs.items():
+        RunInfo(label=label, policy=args[1], seed=7, budget_updates=REAL_BUDGET, psi=REF).write(root / label)
+    # the numbers as fairseq printed them on stdout (independent of the report's log-file parser)
+    curves = {label: [(int(r["valid_num_updates"]), float(r["valid_loss"])) for r in json_log(proc, "valid")]
+              for label, proc in procs.items()}
+    return root, curves
+
+
+def _figure_lines(monkeypatch):
+    """Record the lines of every figure the report saves: {file name: [[(label, xs, ys), ...] per axes]}."""
+    from gpts_fairseq.report import plots
+
+    drawn, save = {}, plots._save
+
+    def recording_save(fig, path):
+        drawn[Path(path).name] = [[(line.get_label(), list(line.get_xdata()), list(line.get_ydata()))
+                                   for line in ax.get_lines()] for ax in fig.axes]
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", recording_save)
+    return drawn
+
+
+def _line(axes, label, panel=0):
+    lines = axes[panel]
+    found = [(xs, ys) for name, xs, ys in lines if name == label]
+    assert len(found) == 1, f"expected one line {label!r}, got {[name for name, _, _ in lines]}"
+    return found[0]
+
+
+def test_report_on_real_fairseq_runs(real_runs, tmp_path, monkeypatch):
+    root, curves = real_runs
+    history = [json.loads(line) for line in (root / "gp-ts-rho" / "gpts_history.jsonl").read_text().splitlines()]
+    ends = list(range(REAL_EVERY, REAL_BUDGET + 1, REAL_EVERY))
+    for label, curve in curves.items():
+        assert [u for u, _ in curve] == ends, label
+    # the run really is what the report will describe: 3 interactions, reward = relative drop
+    # of the reference loss on the same batches that fairseq validated
+    assert [(r["update"], r["end_update"]) for r in history] == [(0, 5), (5, 10), (10, 15)]
+    valid = dict(curves["gp-ts-rho"])
+    for r in history:
+        assert round(r["val_loss"], 3) == pytest.approx(valid[r["end_update"]], abs=1.5e-3)
+    drawn = _figure_lines(monkeypatch)
+
+    out = tmp_path / "report"
+    assert cli.main([str(root), "--out", str(out)]) == 0
+
+    posterior_png = "posterior_gp-ts-rho_seed_7.png"
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(["val_loss.png", "psi.png", "reward.png", posterior_png])
+    for name in drawn:
+        pixels = mpimg.imread(out / name)
+        assert pixels.shape[0] > 200 and np.ptp(pixels[..., :3]) > 0.5, f"{name} is blank"
+    # validation loss: each run's curve is the log's
+    for label, curve in curves.items():
+        assert _line(drawn["val_loss.png"], f"{label} (n=1)") == ([u for u, _ in curve], [x for _, x in curve])
+    target = curves["constant-0.15"][-1][1]
+    assert _line(drawn["val_loss.png"], f"target {target:.3f}")[1] == [target, target]
+    # psi: the history's steps, then the last decision until the end; constant flat at 0.15
+    segments = [(r["update"], r["end_update"], r["psi"]) for r in history] + [(15, REAL_BUDGET, history[-1]["next_psi"])]
+    assert len(drawn["psi.png"]) == 3  # rho, gamma, lambda
+    for panel, dim in enumerate(["mask_prob", "leave_unmasked_prob", "random_token_prob"]):
+        xs, ys = _line(drawn["psi.png"], "gp-ts-rho", panel)
+        assert xs == [u for a, b, _ in segments for u in (a, b)] and ys == [psi[dim] for *_, psi in segments for _ in (0, 1)]
+        assert _line(drawn["psi.png"], "constant-0.15", panel) == ([0, REAL_BUDGET], [REF[dim]] * 2)
+    # rewards per interaction, from the history
+    assert _line(drawn["reward.png"], "gp-ts-rho (n=1)") == ([0, 1, 2], [r["reward"] for r in history])
+    # posterior after interactions 0, 1 (middle) and 2 (last): the recorded GP mean over rho
+    for k in (0, 1, 2):
+        post = history[k]["posterior"]
+        order = np.argsort([a[0] for a in post["arms"]])
+        xs, ys = _line(drawn[posterior_png], f"after interaction {k} (γ=0.1, λ=0.1)")
+        assert xs == [post["arms"][i][0] for i in order] and ys == [post["mean"][i] for i in order]
+
+    # the table: final losses and updates to reach constant-0.15's final loss, from the log
+    text = (out / "summary.md").read_text()
+    assert f"Target loss: {target:.3f} (mean final loss of the constant" in text
+    assert "2 run(s); update budget 20." in text
+    gp_final = curves["gp-ts-rho"][-1][1]
+    reached = next((u for u, x in curves["gp-ts-rho"] if x <= target), None)
+    reach = "not reached" if reached is None else f"{reached} ({reached / REAL_BUDGET:.2f})"
+    assert f"| gp-ts-rho | 1 | {gp_final:.3f} | {reach} |" in text
+    assert f"| constant-0.15 | 1 | {target:.3f} | 20 (1.00) |" in text
+    assert f"| gp-ts-rho seed 7 | gp-ts-rho | 7 | 20 | {gp_final:.3f} | {reach} |" in text

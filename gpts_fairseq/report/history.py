@@ -44,6 +44,7 @@ class Posterior:
     arms: np.ndarray  # (n_arms, len(dims))
     mean: np.ndarray  # (n_arms,)
     std: np.ndarray  # (n_arms,)
+    fixed: dict[str, float] = field(default_factory=dict)  # the other dims of a slice (e.g. γ, λ)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class Interaction:
     policy: str | None
     decision_time_s: float | None
     posterior: Posterior | None = None
+    next_psi: dict[str, float] | None = None  # chosen for the next interaction
 
 
 @dataclass(frozen=True)
@@ -102,11 +104,31 @@ class Run:
         return self.val_curve[-1][1] if self.val_curve else None
 
     @property
+    def end_update(self) -> int | None:
+        """Where training ended: the budget, else the last validated or interaction update."""
+        ends = [u for u, _ in self.val_curve[-1:]] + [i.end_update for i in self.interactions if i.end_update is not None]
+        return self.info.budget_updates or (max(ends) if ends else None)
+
+    @property
     def psi_sequence(self) -> list[dict[str, Any]]:
-        return [
-            {"interaction": i.interaction, "update": i.update, "end_update": i.end_update, "psi": i.psi}
-            for i in self.interactions
-        ]
+        """The ψ in force over the whole run, as [update, end_update) segments.
+
+        One per finished interaction, plus the ψ chosen by the last one (its ``next_psi``),
+        in force until the end of training: no interaction record closes it, because
+        training stops before the next boundary. A ``constant`` run writes no history: its
+        one ψ (from run.json) holds from update 0 to the end.
+        """
+        segments = [{"interaction": i.interaction, "update": i.update, "end_update": i.end_update, "psi": i.psi}
+                    for i in self.interactions]
+        end = self.end_update
+        if self.interactions:
+            last = self.interactions[-1]
+            if last.next_psi is not None and last.end_update is not None and end is not None and end > last.end_update:
+                segments.append({"interaction": last.interaction + 1, "update": last.end_update,
+                                 "end_update": end, "psi": last.next_psi})
+        elif self.info.policy == "constant" and self.info.psi:
+            segments.append({"interaction": 0, "update": 0, "end_update": end, "psi": dict(self.info.psi)})
+        return segments
 
     def is_reference_constant(self) -> bool:
         """A ``constant`` run at fairseq's default masking (rho=0.15, gamma=lambda=0.1)."""
@@ -187,7 +209,11 @@ def _posterior(value: Any, where: str) -> Posterior | None:
             f"{where}: 'posterior' needs one arm row per mean/std value with one column per dim "
             f"(dims {len(dims)}, arms {arms.shape}, mean {mean.shape}, std {std.shape})"
         )
-    return Posterior(dims, arms, mean, std)
+    fixed = value.get("fixed") or {}
+    if not isinstance(fixed, dict):
+        raise RunFormatError(f"{where}: 'posterior.fixed' must be an object name -> value, got {fixed!r}")
+    return Posterior(dims, arms, mean, std, {k: _number(v, f"posterior.fixed.{k}", where, optional=False)
+                                             for k, v in fixed.items()})
 
 
 def parse_interaction(record: Any, where: str) -> Interaction:
@@ -214,6 +240,7 @@ def parse_interaction(record: Any, where: str) -> Interaction:
         policy=policy if isinstance(policy, str) else None,
         decision_time_s=_number(record.get("decision_time_s"), "decision_time_s", where),
         posterior=_posterior(record.get("posterior"), where),
+        next_psi=_psi(record["next_psi"], "next_psi", where) if record.get("next_psi") is not None else None,
     )
 
 

@@ -30,34 +30,36 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _psi_steps(interactions: Sequence[Interaction], dim: str) -> tuple[list[int], list[float]]:
+def _psi_steps(run: Run, dim: str) -> tuple[list[int], list[float]]:
     """Step-plot coordinates of one psi dimension: each value held over [update, end_update)."""
     xs, ys = [], []
-    for i in interactions:
-        end = i.end_update if i.end_update is not None else i.update
-        xs += [i.update, end]
-        ys += [i.psi.get(dim, np.nan)] * 2
+    for seg in run.psi_sequence:
+        end = seg["end_update"] if seg["end_update"] is not None else seg["update"]
+        xs += [seg["update"], end]
+        ys += [seg["psi"].get(dim, np.nan)] * 2
     return xs, ys
 
 
 def plot_psi(runs: Sequence[Run], path: Path) -> Path:
-    """psi over updates, one panel per dimension; faint verticals at interaction boundaries."""
-    with_history = [r for r in runs if r.interactions]
-    dims = [d for d in PSI_DIMS if any(d in i.psi for r in with_history for i in r.interactions)]
-    dims += sorted({d for r in with_history for i in r.interactions for d in i.psi} - set(dims))
+    """psi over updates, one panel per dimension (constant runs as flat lines); faint
+    verticals at the interaction boundaries."""
+    with_psi = [r for r in runs if r.psi_sequence]
+    psis = [seg["psi"] for r in with_psi for seg in r.psi_sequence]
+    dims = [d for d in PSI_DIMS if any(d in p for p in psis)]
+    dims += sorted({d for p in psis for d in p} - set(dims))
     dims = dims or list(PSI_DIMS)
-    groups = group_by_label(with_history)
+    groups = group_by_label(with_psi)
     colours = _colours(list(groups))
     fig, axes = plt.subplots(len(dims), 1, figsize=(8, 2.4 * len(dims)), sharex=True, squeeze=False)
-    boundaries = sorted({i.update for r in with_history for i in r.interactions})
+    boundaries = sorted({i.update for r in with_psi for i in r.interactions})
     for ax, dim in zip(axes[:, 0], dims):
         for b in boundaries if len(boundaries) <= 200 else []:
             ax.axvline(b, color="0.85", lw=0.6, zorder=0)
         for label, members in groups.items():
             for k, run in enumerate(members):
-                xs, ys = _psi_steps(run.interactions, dim)
+                xs, ys = _psi_steps(run, dim)
                 ax.plot(xs, ys, color=colours[label], lw=1.2, alpha=0.8, label=label if k == 0 else None)
-        top = max((i.psi.get(dim, 0.0) for r in with_history for i in r.interactions), default=0.5)
+        top = max((p.get(dim, 0.0) for p in psis), default=0.5)
         ax.set_ylim(-0.02, max(0.3, top) + 0.05)  # psi lives in [0, 1]: no zoom onto a constant
         ax.set_ylabel(DIM_LABELS.get(dim, dim))
     axes[-1, 0].set_xlabel("update")
@@ -176,12 +178,14 @@ def plot_posterior(run: Run, path: Path, wanted: Sequence[int] | None = None) ->
             order = np.argsort(post.arms[:, 0])
             x, m, s = post.arms[order, 0], post.mean[order], post.std[order]
             colour = cmap(k / max(1, len(chosen) - 1))
-            ax.plot(x, m, color=colour, lw=1.6, label=f"after interaction {inter.interaction}")
+            fixed = ", ".join(f"{DIM_LABELS.get(k, k).split()[0]}={v:g}" for k, v in post.fixed.items())
+            ax.plot(x, m, color=colour, lw=1.6,
+                    label=f"after interaction {inter.interaction}" + (f" ({fixed})" if fixed else ""))
             ax.fill_between(x, m - s, m + s, color=colour, alpha=0.18)
         ax.set_xlabel(DIM_LABELS.get(dims[0], dims[0]))
         ax.set_ylabel("posterior of the (standardised) reward")
         ax.legend(fontsize=7)
-        ax.set_title(f"GP posterior mean ± std — {run_display_name(run)}")
+        ax.set_title(f"GP posterior mean ± std — {run_display_name(run)}", fontsize=9)
         return _save(fig, path)
     fig, axes = plt.subplots(2, len(chosen), figsize=(3.6 * len(chosen), 6.2), squeeze=False)
     for col, inter in enumerate(chosen):
