@@ -52,6 +52,7 @@ test: install
 bench: install
 	$(PY) benchmarks/masking.py
 	$(PY) benchmarks/bandit_overhead.py
+	$(PY) benchmarks/nonstationary.py
 	$(PY) benchmarks/train_speed.py
 
 clean:
