@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -34,12 +35,21 @@ import corpora  # noqa: E402
 
 from gpts_fairseq.report.cli import write_report  # noqa: E402
 from gpts_fairseq.report.history import RunInfo, load_run, run_from_result  # noqa: E402
-from gpts_fairseq.report.summary import label_table, reference_target  # noqa: E402
+from gpts_fairseq.report.summary import (  # noqa: E402
+    budget_of,
+    format_loss,
+    format_reach,
+    label_table,
+    paired_differences,
+    reference_target,
+    summarise_label,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RESULTS = REPO_ROOT / "benchmarks" / "results" / "pretrain"
 DEFAULT_WORK = Path(os.environ.get("GPTS_WORK_ROOT", Path.home() / ".cache" / "gpts-fairseq" / "runs" / "pretrain"))
 REFERENCE = (0.15, 0.1, 0.1)
+REFERENCE_POLICY = "constant-0.15"
 
 
 @dataclass(frozen=True)
@@ -237,12 +247,15 @@ def write_summary(results_root: Path, corpus_names: Sequence[str]) -> Path:
         "Final loss: reference-masking (ρ=0.15, γ=λ=0.1, fixed masks) validation loss in bits at the "
         "end of the budget, mean ± sample std over seeds. Updates to target: first validated update at "
         "which the seed-mean curve reaches the seed-mean final loss of `constant-0.15` "
-        "(fraction of the budget in brackets).", "",
+        "(fraction of the budget in brackets). Δ: final loss minus `constant-0.15`'s final loss with the "
+        "same seed (same initialisation, data order and validation masks), mean ± std over seeds, and "
+        "how many seeds are lower (negative Δ = better than fixed 15%).", "",
     ]
-    for corpus in corpus_names:
-        runs = load_results(results_root, corpus)
-        if not runs:
-            continue
+    per_corpus = {c: load_results(results_root, c) for c in corpus_names}
+    per_corpus = {c: runs for c, runs in per_corpus.items() if runs}
+    if per_corpus:
+        lines += ["## All corpora", "", overview_table(per_corpus), ""]
+    for corpus, runs in per_corpus.items():
         target = reference_target(runs)
         walls = [r.wall_time_s for r in runs if r.wall_time_s]
         report = write_report(runs, results_root / corpus / "report", target,
@@ -251,13 +264,95 @@ def write_summary(results_root: Path, corpus_names: Sequence[str]) -> Path:
         lines += [f"## {corpus}", "",
                   f"{len(runs)} runs; target {target:.3f} bits." if target is not None else
                   f"{len(runs)} runs; no constant-0.15 run yet, so no target.",
-                  f"Wall time per run: mean {sum(walls) / len(walls):.0f} s, max {max(walls):.0f} s." if walls else "",
-                  "", label_table(runs, target), "",
+                  f"Wall time per run: mean {sum(walls) / len(walls):.0f} s, max {max(walls):.0f} s "
+                  f"(sum {sum(walls) / 60:.0f} min)." if walls else "",
+                  _settings_line(results_root / corpus),
+                  "", label_table(runs, target, paired_with=REFERENCE_POLICY), "",
                   f"![validation loss on {corpus}]({report.parent.relative_to(results_root)}/val_loss.png)", ""]
+    if per_corpus:
+        figure = plot_paired_deltas(per_corpus, results_root / "delta_vs_constant.png")
+        lines[lines.index("## All corpora") + 3:lines.index("## All corpora") + 3] = [
+            "", f"![validation loss minus constant-0.15's, same seed]({figure.name})"]
     summary = results_root / "summary.md"
     summary.parent.mkdir(parents=True, exist_ok=True)
     summary.write_text("\n".join(lines))
     return summary
+
+
+def paired_delta_curve(runs, label):
+    """(update, mean over seeds of loss - constant-0.15's loss of the same seed at that update)."""
+    ref = {r.info.seed: dict(r.val_curve) for r in runs if r.info.label == REFERENCE_POLICY}
+    by_update: dict[int, list[float]] = {}
+    for run in runs:
+        if run.info.label != label or run.info.seed not in ref:
+            continue
+        for update, loss in run.val_curve:
+            if update in ref[run.info.seed]:
+                by_update.setdefault(update, []).append(loss - ref[run.info.seed][update])
+    count = max((len(v) for v in by_update.values()), default=0)
+    return [(u, statistics.fmean(v)) for u, v in sorted(by_update.items()) if len(v) == count]
+
+
+def plot_paired_deltas(per_corpus: dict, path: Path) -> Path:
+    """One panel per corpus: each policy's validation loss minus constant-0.15's (same seed),
+    averaged over seeds, over updates. Below zero = ahead of fixed 15% masking."""
+    import matplotlib.pyplot as plt  # the report module has selected the Agg backend
+
+    fig, axes = plt.subplots(1, len(per_corpus), figsize=(5.2 * len(per_corpus), 4.2), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, (corpus, runs) in zip(axes[0], per_corpus.items()):
+        labels = sorted({r.info.label for r in runs} - {REFERENCE_POLICY}, key=_policy_order)
+        for label in labels:
+            curve = paired_delta_curve(runs, label)
+            if not curve:
+                continue
+            gp = label.startswith("gp-ts")
+            ax.plot([u for u, _ in curve], [d for _, d in curve], lw=2.2 if gp else 1.1, ls="-" if gp else "--",
+                    color=cmap(_policy_order(label) % 10), label=label)
+        ax.axhline(0.0, color="k", lw=0.8)
+        seeds = len({r.info.seed for r in runs})
+        ax.set_title(f"{corpus} ({seeds} seeds)", fontsize=10)
+        ax.set_xlabel("update")
+        ax.set_ylim(-0.06, 0.06)
+    axes[0, 0].set_ylabel("val loss − constant-0.15 (same seed), bits")
+    axes[0, -1].legend(fontsize=7, loc="upper right")
+    fig.suptitle("validation loss relative to constant-0.15 (same seed, mean over seeds; < 0 = better)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def overview_table(per_corpus: dict) -> str:
+    """Markdown: one row per policy; per corpus the final loss (mean ± std), the updates the
+    seed-mean curve needs to reach constant-0.15's final loss, and the same-seed Δ to it."""
+    labels = list(dict.fromkeys(r.info.label for runs in per_corpus.values() for r in runs))
+    labels.sort(key=_policy_order)
+    head = "| policy |" + "".join(f" {c}: final | to target | Δ (lower) |" for c in per_corpus)
+    rows = [head, "|---|" + "---:|---:|---:|" * len(per_corpus)]
+    for label in labels:
+        row = f"| {label} |"
+        for runs in per_corpus.values():
+            members = [r for r in runs if r.info.label == label]
+            target = reference_target(runs)
+            s = summarise_label(label, members, target, budget_of(runs))
+            diffs = paired_differences(members, [r for r in runs if r.info.label == REFERENCE_POLICY])
+            delta = "–" if label == REFERENCE_POLICY or not diffs else \
+                f"{statistics.fmean(diffs):+.3f} ({sum(d < 0 for d in diffs)}/{len(diffs)})"
+            row += (f" {format_loss(s.final_mean, s.final_std)} | {format_reach(s.updates_to_target, s.budget, target)}"
+                    f" | {delta} |") if members else " | | |"
+        rows.append(row)
+    return "\n".join(rows)
+
+
+def _settings_line(corpus_dir: Path) -> str:
+    """The settings of the corpus' runs (or a note that they differ)."""
+    found = {json.dumps(json.loads(p.read_text()).get("settings"), sort_keys=True)
+             for p in sorted(corpus_dir.glob("*/seed*.json"))}
+    if len(found) != 1 or found == {"null"}:
+        return "Settings: differ between runs (see each result JSON)." if len(found) > 1 else ""
+    settings = {k: v for k, v in json.loads(found.pop()).items() if k != "threads"}
+    return "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + "."
 
 
 def _first_seed_save_dirs(runs):

@@ -92,13 +92,24 @@ def test_summary_numbers(tmp_path):
     text = summary.read_text()
     assert "## wikitext-2" in text and "## linux" not in text
     assert "5 runs; target 7.600 bits." in text
-    assert "Wall time per run: mean 61 s, max 62 s." in text
-    rows = [line for line in text.splitlines() if line.startswith("| ") and "policy" not in line]
+    assert "Wall time per run: mean 61 s, max 62 s (sum 5 min)." in text
+    overview, corpus = text.split("## wikitext-2")
+    assert "| gp-ts-rho | 7.300 ± 0.141 | 30 (0.75) | -0.300 (2/2) |" in overview
+    assert "| constant-0.15 | 7.600 ± 0.141 | 40 (1.00) | – |" in overview
+    rows = [line for line in corpus.splitlines() if line.startswith("| ") and "policy" not in line]
+    # Δ vs constant-0.15 by seed: gp-ts-rho 7.2-7.5, 7.4-7.7 -> -0.3 ± 0; constant-0.40 seed 1 only: +1.0
     assert rows == [
-        "| constant-0.15 | 2 | 7.600 ± 0.141 | 40 (1.00) |",
-        "| constant-0.40 | 1 | 8.500 | not reached |",
-        "| gp-ts-rho | 2 | 7.300 ± 0.141 | 30 (0.75) |",
+        "| constant-0.15 | 2 | 7.600 ± 0.141 | 40 (1.00) | – |",
+        "| constant-0.40 | 1 | 8.500 | not reached | +1.000; 0/1 |",
+        "| gp-ts-rho | 2 | 7.300 ± 0.141 | 30 (0.75) | -0.300 ± 0.000; 2/2 |",
     ]
     for name in ("val_loss.png", "psi.png", "reward.png", "summary.md"):
         assert (tmp_path / "wikitext-2" / "report" / name).is_file()
     assert "](wikitext-2/report/val_loss.png)" in text
+    # gp-ts-rho minus constant-0.15, same seed, mean over the two seeds, at every validation
+    runs = pretrain.load_results(tmp_path, "wikitext-2")
+    curve = pretrain.paired_delta_curve(runs, "gp-ts-rho")
+    assert [u for u, _ in curve] == [10, 20, 30, 40]
+    assert [d for _, d in curve] == pytest.approx([-0.45, -1.05, -0.52, -0.3])
+    assert [d for _, d in pretrain.paired_delta_curve(runs, "constant-0.40")] == pytest.approx([0.1, 0.5, 1.0, 1.0])
+    assert (tmp_path / "delta_vs_constant.png").is_file() and "](delta_vs_constant.png)" in text

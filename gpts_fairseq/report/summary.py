@@ -123,17 +123,42 @@ def runs_table(runs: Sequence[Run], target: float | None) -> str:
     return "\n".join(rows)
 
 
-def label_table(runs: Sequence[Run], target: float | None, budget: int | None = None) -> str:
-    """Markdown: one row per label (policy), seeds aggregated."""
+def paired_differences(runs: Sequence[Run], reference: Sequence[Run]) -> list[float]:
+    """Final loss minus the reference's final loss, per seed both have (same seed: same
+    initialisation, data order and validation masks, so the pair shares most of the noise)."""
+    ref = {r.info.seed: r.final_val_loss for r in reference if r.info.seed is not None and r.final_val_loss is not None}
+    return [r.final_val_loss - ref[r.info.seed] for r in runs
+            if r.info.seed in ref and r.final_val_loss is not None]
+
+
+def label_table(runs: Sequence[Run], target: float | None, budget: int | None = None,
+                paired_with: str | None = None) -> str:
+    """Markdown: one row per label (policy), seeds aggregated. With ``paired_with`` (a label),
+    a column of the per-seed difference of final losses to that label (mean ± std, and how
+    many seeds are lower)."""
     budget = budget if budget is not None else budget_of(runs)
-    rows = [
-        "| policy | runs | final val loss (mean ± std) | updates to target, seed-mean curve (fraction of budget) |",
-        "|---|---:|---:|---:|",
-    ]
-    for label, members in group_by_label(runs).items():
+    groups = group_by_label(runs)
+    reference = groups.get(paired_with, []) if paired_with else []
+    head = "| policy | runs | final val loss (mean ± std) | updates to target, seed-mean curve (fraction of budget) |"
+    rule = "|---|---:|---:|---:|"
+    if paired_with:
+        head += f" Δ final vs {paired_with}, same seed (mean ± std; seeds lower) |"
+        rule += "---:|"
+    rows = [head, rule]
+    for label, members in groups.items():
         s = summarise_label(label, members, target, budget)
-        rows.append(
-            f"| {label} | {s.runs} | {format_loss(s.final_mean, s.final_std)} | "
-            f"{format_reach(s.updates_to_target, budget, target)} |"
-        )
+        row = (f"| {label} | {s.runs} | {format_loss(s.final_mean, s.final_std)} | "
+               f"{format_reach(s.updates_to_target, budget, target)} |")
+        if paired_with:
+            diffs = paired_differences(members, reference) if label != paired_with else []
+            cell = "–" if not diffs else (
+                f"{_signed(statistics.fmean(diffs))}"
+                + (f" ± {statistics.stdev(diffs):.3f}" if len(diffs) > 1 else "")
+                + f"; {sum(d < 0 for d in diffs)}/{len(diffs)}")
+            row += f" {cell} |"
+        rows.append(row)
     return "\n".join(rows)
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.3f}"
