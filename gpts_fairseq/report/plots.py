@@ -183,7 +183,7 @@ def plot_posterior(run: Run, path: Path, wanted: Sequence[int] | None = None) ->
                     label=f"after interaction {inter.interaction}" + (f" ({fixed})" if fixed else ""))
             ax.fill_between(x, m - s, m + s, color=colour, alpha=0.18)
         ax.set_xlabel(DIM_LABELS.get(dims[0], dims[0]))
-        ax.set_ylabel("posterior of the (standardised) reward")
+        ax.set_ylabel("GP posterior of the reward")
         ax.legend(fontsize=7)
         ax.set_title(f"GP posterior mean ± std — {run_display_name(run)}", fontsize=9)
         return _save(fig, path)
