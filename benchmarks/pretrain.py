@@ -62,6 +62,7 @@ class Policy:
     arms: str | None = None
     context: str | None = None
     schedule_end: tuple[float, float, float] | None = None
+    window: int | None = None
 
     def fairseq_args(self) -> list[str]:
         rho, gamma, lam = self.psi
@@ -71,6 +72,8 @@ class Policy:
             args += ["--gpts-arms", self.arms]
         if self.context:
             args += ["--gpts-context", self.context]
+        if self.window:
+            args += ["--gpts-window", str(self.window)]
         if self.schedule_end:
             args += ["--gpts-schedule", "linear", "--gpts-schedule-end", ",".join(map(str, self.schedule_end))]
         return args
@@ -86,6 +89,8 @@ POLICIES = {p.name: p for p in [
     Policy("gp-ts-rho", "gp-ts", arms="rho"),
     Policy("gp-ts-psi", "gp-ts", arms="psi"),
     Policy("gp-ts-rho-progress", "gp-ts", arms="rho", context="progress"),
+    # a 10-observation window: the variant benchmarks/nonstationary.py favours when rewards decay
+    Policy("gp-ts-rho-window", "gp-ts", arms="rho", window=10),
 ]}
 
 
