@@ -4,7 +4,7 @@ Drop-in: every masked_lm option keeps its meaning; ``--mask-prob/--leave-unmaske
 --random-token-prob`` give the ψ of the first interaction. Where things happen:
 - masking: ``mask_sample`` (each batch, on its device, in ``train_step``/``valid_step``);
 - rewards: ``reference_loss`` (fixed validation batches at the reference masking);
-- choosing ψ: ``_interact`` hands the loss to ``gpts_fairseq.bandit.loop.InteractionLoop``.
+- choosing ψ: ``_maybe_interact`` hands the loss to ``gpts_fairseq.bandit.loop.InteractionLoop``.
 """
 
 import argparse
@@ -34,12 +34,12 @@ from fairseq.tasks import register_task
 from fairseq.tasks.masked_lm import MaskedLMConfig, MaskedLMTask
 from omegaconf import II
 
-from ..bandit import POLICIES, make_policy
+from ..bandit import POLICIES
 from ..bandit.loop import InteractionLoop
 from ..bandit.policies import CONTEXTS, SCHEDULE_SHAPES
 from ..bandit.rewards import REWARD_KINDS
 from ..masking import MaskingSpec, Psi, mask_tokens
-from .options import arm_space, parse_psi_list, validate_config
+from .options import build_policy, validate_config
 
 # importing the task registers the criterion too (fairseq's --user-dir imports tasks/ only)
 from ..criterions import gpts_masked_lm  # noqa: F401
@@ -113,7 +113,13 @@ class GPTSMaskedLMTask(MaskedLMTask):
     cfg: GPTSMaskedLMConfig
 
     def __init__(self, cfg: GPTSMaskedLMConfig, dictionary=None):
-        validate_config(cfg)  # before any data is read: bad options fail fast, naming the option
+        # every option is checked, and the policy built, before any data is read
+        first, self.reference_psi = validate_config(cfg)
+        self.psi = first  # the masking in force; changed only by _maybe_interact
+        self.loop = None if cfg.gpts_policy == "constant" else InteractionLoop(
+            build_policy(cfg, first), first.as_dict(), reward=str(cfg.gpts_reward))
+        self.epoch = 1
+        self._reward_batches = None
         super().__init__(cfg, dictionary)
         self.spec = MaskingSpec.build(
             vocab_size=len(self.dictionary),
@@ -127,28 +133,6 @@ class GPTSMaskedLMTask(MaskedLMTask):
             mask_multiple_length=cfg.mask_multiple_length,
             mask_stdev=cfg.mask_stdev,
         )
-        first = Psi.from_options(cfg.mask_prob, cfg.leave_unmasked_prob, cfg.random_token_prob,
-                                 names=("--mask-prob", "--leave-unmasked-prob", "--random-token-prob"))
-        self.reference_psi = Psi.from_options(
-            cfg.gpts_ref_mask_prob, cfg.gpts_ref_leave_unmasked_prob, cfg.gpts_ref_random_token_prob,
-            names=("--gpts-ref-mask-prob", "--gpts-ref-leave-unmasked-prob", "--gpts-ref-random-token-prob"))
-        self.psi = first  # the masking in force; changed only by _interact
-        self.loop = None if cfg.gpts_policy == "constant" else InteractionLoop(
-            self._policy(first), first.as_dict(), reward=str(cfg.gpts_reward))
-        self.epoch = 1
-        self._reward_batches = None
-
-    def _policy(self, first: Psi):
-        cfg = self.cfg
-        space = arm_space(cfg, first)
-        options = {}
-        if cfg.gpts_policy == "schedule":
-            end = parse_psi_list("--gpts-schedule-end", cfg.gpts_schedule_end)
-            options = dict(psi_start=first.as_dict(), psi_end=end.as_dict(), shape=str(cfg.gpts_schedule))
-        elif cfg.gpts_policy == "gp-ts":
-            options = dict(kernel=str(cfg.gpts_kernel), context=str(cfg.gpts_context), window=cfg.gpts_window or None)
-        # str(): fairseq's choice options are enums, the bandit's state holds plain strings
-        return make_policy(str(cfg.gpts_policy), space=space, seed=int(cfg.seed), **options)
 
     def _word_starts(self):
         """Per-id "begins a word" flags, read from the pieces: sentencepiece marks word starts
@@ -329,7 +313,7 @@ class GPTSMaskedLMTask(MaskedLMTask):
     # -- checkpoints (fairseq's task hooks: saved in extra_state, restored on resume) -----------
 
     def get_checkpoint_dict(self):
-        state = {"psi": self.psi.as_dict(), "epoch": self.epoch}
+        state = {"psi": self.psi.as_dict()}
         if self.loop is not None:
             state["loop"] = self.loop.state_dict()
         return {type(self).__name__: state}

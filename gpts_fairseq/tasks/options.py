@@ -1,6 +1,6 @@
 """Checks and conversions of the ``--gpts-*`` options, done before any data is read."""
 
-from ..bandit import ArmSpace
+from ..bandit import ArmSpace, make_policy
 from ..masking.spec import PSI_FIELDS, Psi
 
 PSI_OPTIONS = ("--mask-prob", "--leave-unmasked-prob", "--random-token-prob")
@@ -29,11 +29,12 @@ def _non_negative_int(option, value):
         raise ValueError(f"{option} must be an integer >= 0, got {value}")
 
 
-def validate_config(cfg):
-    """ValueError naming the option (and its valid range) for any bad gpts_mlm option."""
-    Psi.from_options(cfg.mask_prob, cfg.leave_unmasked_prob, cfg.random_token_prob, names=PSI_OPTIONS)
-    Psi.from_options(cfg.gpts_ref_mask_prob, cfg.gpts_ref_leave_unmasked_prob, cfg.gpts_ref_random_token_prob,
-                     names=REF_OPTIONS)
+def validate_config(cfg) -> tuple[Psi, Psi]:
+    """The first ψ and the reference ψ; ValueError naming the option (and its valid range) for
+    a bad value. ``build_policy`` checks the options of the policy itself."""
+    first = Psi.from_options(cfg.mask_prob, cfg.leave_unmasked_prob, cfg.random_token_prob, names=PSI_OPTIONS)
+    reference = Psi.from_options(cfg.gpts_ref_mask_prob, cfg.gpts_ref_leave_unmasked_prob,
+                                 cfg.gpts_ref_random_token_prob, names=REF_OPTIONS)
     if cfg.mask_multiple_length < 1:
         raise ValueError(f"--mask-multiple-length must be >= 1, got {cfg.mask_multiple_length}")
     if not cfg.mask_stdev >= 0:
@@ -42,15 +43,23 @@ def validate_config(cfg):
                           ("--gpts-reward-batches", cfg.gpts_reward_batches),
                           ("--gpts-window", cfg.gpts_window)):
         _non_negative_int(option, value)
+    return first, reference
+
+
+def build_policy(cfg, first: Psi):
+    """The policy of --gpts-policy (and its options) over the arms of ``arm_space``."""
+    options = {}
     if cfg.gpts_policy == "schedule":
-        parse_psi_list("--gpts-schedule-end", cfg.gpts_schedule_end)
+        end = parse_psi_list("--gpts-schedule-end", cfg.gpts_schedule_end)
+        options = dict(psi_start=first.as_dict(), psi_end=end.as_dict(), shape=str(cfg.gpts_schedule))
+    elif cfg.gpts_policy == "gp-ts":
+        options = dict(kernel=str(cfg.gpts_kernel), context=str(cfg.gpts_context), window=cfg.gpts_window or None)
     needs_progress = cfg.gpts_policy == "schedule" or (cfg.gpts_policy == "gp-ts" and cfg.gpts_context == "progress")
     if needs_progress and cfg.max_update <= 0 and cfg.max_epoch <= 0:
         raise ValueError("--gpts-policy schedule and --gpts-context progress need the length of training: "
                          "set --max-update or --max-epoch")
-    if cfg.gpts_policy in ("random", "gp-ts"):
-        arm_space(cfg, Psi.from_options(cfg.mask_prob, cfg.leave_unmasked_prob, cfg.random_token_prob,
-                                        names=PSI_OPTIONS))
+    # str(): fairseq's choice options are enums, the bandit's state holds plain strings
+    return make_policy(str(cfg.gpts_policy), space=arm_space(cfg, first), seed=int(cfg.seed), **options)
 
 
 def arm_space(cfg, first: Psi) -> ArmSpace:
