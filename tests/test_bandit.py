@@ -14,12 +14,10 @@ SEEDS = (1, 2, 3)
 
 
 def mean_cumulative_regret(name, problem_for, interactions, **options):
-    totals = []
-    for seed in SEEDS:
-        space = ArmSpace.paper_grid(options.pop("variant", "rho")) if "space" not in options else options["space"]
-        problem = problem_for(space, seed)
-        policy = make_policy(name, space=space, seed=seed, **{k: v for k, v in options.items() if k != "space"})
-        totals.append(sum(run_bandit(policy, problem, interactions)))
+    """Over SEEDS, on the paper's ρ grid."""
+    space = ArmSpace.paper_grid("rho")
+    totals = [sum(run_bandit(make_policy(name, space=space, seed=seed, **options), problem_for(space, seed),
+                             interactions)) for seed in SEEDS]
     return sum(totals) / len(totals)
 
 
