@@ -58,6 +58,19 @@ def _check_interaction(interaction):
     return interaction
 
 
+def _check_start_loss(start_loss):
+    """None or a finite number: the reference loss at the start of an interaction."""
+    if start_loss is None:
+        return None
+    try:
+        start_loss = float(start_loss)
+    except (TypeError, ValueError):
+        raise ValueError(f"start_loss must be None or a finite number, got {start_loss!r}") from None
+    if not math.isfinite(start_loss):
+        raise ValueError(f"start_loss must be None or a finite number, got {start_loss}")
+    return start_loss
+
+
 def _check_progress(progress):
     try:
         progress = float(progress)
@@ -100,24 +113,30 @@ class Policy:
         """Everything that defines the policy, as plain values (checked by ``load_state_dict``)."""
         return {"policy": self.name, "seed": self.seed, "space": self.space.config()}
 
-    def decide(self, interaction: int, progress: float = 0.0) -> Decision:
-        """ψ for interaction ``interaction`` (0-based), at training progress in [0, 1]."""
+    def decide(self, interaction: int, progress: float = 0.0, start_loss: float | None = None) -> Decision:
+        """ψ for interaction ``interaction`` (0-based), at training progress in [0, 1];
+        ``start_loss``: the reference loss just measured, i.e. at the start of that interaction
+        (used by reward models of the training state; others ignore it)."""
         interaction = _check_interaction(interaction)
         progress = _check_progress(progress)
+        start_loss = _check_start_loss(start_loss)
         start = time.perf_counter()
-        arm, psi, info = self._choose(interaction, progress)
+        arm, psi, info = self._choose(interaction, progress, start_loss)
         info = {"policy": self.name, "decision_time_s": time.perf_counter() - start, "fallback": False,
                 "posterior_mean": None, "posterior_std": None, **info}  # subclasses may override
         return Decision(interaction, psi, arm, info)
 
-    def _choose(self, interaction, progress):
+    def _choose(self, interaction, progress, start_loss):
         raise NotImplementedError
 
-    def observe(self, arm: torch.Tensor, reward: float | None, progress: float = 0.0) -> bool:
-        """Record the reward of ``arm`` (played from ``progress``). A None or non-finite reward
-        is ignored; returns whether the observation was used."""
+    def observe(self, arm: torch.Tensor, reward: float | None, progress: float = 0.0,
+                start_loss: float | None = None) -> bool:
+        """Record the reward of ``arm`` (played from ``progress``, where the reference loss was
+        ``start_loss``). A None or non-finite reward is ignored; returns whether the
+        observation was used."""
         self.space.psi(arm)  # validates the arm's shape
         _check_progress(progress)
+        _check_start_loss(start_loss)
         return False
 
     def posterior(self, progress: float = 0.0):
@@ -149,7 +168,7 @@ class ConstantPolicy(Policy):
     def config(self):
         return {**super().config(), "psi": dict(self.psi)}
 
-    def _choose(self, interaction, progress):
+    def _choose(self, interaction, progress, start_loss):
         return self.space.arm(self.psi), dict(self.psi), {}
 
 
@@ -182,7 +201,7 @@ class SchedulePolicy(Policy):
             return 0.5 * (1.0 - math.cos(math.pi * progress))
         return min(math.floor(progress * self.n_steps), self.n_steps - 1) / (self.n_steps - 1)
 
-    def _choose(self, interaction, progress):
+    def _choose(self, interaction, progress, start_loss):
         weight = self.weight(progress)
         psi = {
             name: min(max((1.0 - weight) * self.psi_start[name] + weight * self.psi_end[name], 0.0), 1.0)
@@ -196,7 +215,7 @@ class RandomPolicy(Policy):
 
     name = "random"
 
-    def _choose(self, interaction, progress):
+    def _choose(self, interaction, progress, start_loss):
         generator = interaction_generator(self.seed, interaction, "random")
         index = int(torch.randint(len(self.space), (), generator=generator))
         arm = self.space.candidates[index].clone()
@@ -266,10 +285,11 @@ class GPThompsonPolicy(Policy):
         scale = scale if scale > 0.0 and math.isfinite(scale) else 1.0
         return self._inputs(arms, progress), (rewards - shift) / scale, shift, scale
 
-    def observe(self, arm, reward, progress=0.0):
+    def observe(self, arm, reward, progress=0.0, start_loss=None):
         arm = torch.as_tensor(arm, dtype=torch.float64).reshape(-1)
         self.space.psi(arm)
         progress = _check_progress(progress)
+        _check_start_loss(start_loss)
         if reward is None or not math.isfinite(float(reward)):
             return False
         self.arms = torch.cat([self.arms, arm.unsqueeze(0)])
@@ -296,7 +316,7 @@ class GPThompsonPolicy(Policy):
         candidates = self.space.candidates
         return self._inputs(candidates, torch.full((len(candidates),), progress, dtype=torch.float64))
 
-    def _choose(self, interaction, progress):
+    def _choose(self, interaction, progress, start_loss):
         start = time.perf_counter()
         x, y, shift, scale = self._training_data()
         info = {**self.last_fit, "observations": int(y.shape[0]), "jitter": None, "fallback_reason": None}
