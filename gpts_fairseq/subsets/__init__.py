@@ -1,0 +1,12 @@
+"""Informative data subsets (INGENIOUS, Renduchintala et al., Findings of EMNLP 2023) for gpts_mlm.
+
+One module per job: ``options`` (the ``--subset-*`` dataclass and its checks), ``selection``
+(facility location, lazy and stochastic greedy, partitions, Taylor-softmax sampling; plain
+torch), ``features`` (mean-pooled hidden states), ``store`` (selection files and their hash),
+``dataset`` (the epoch's view of the training set), ``epochs`` (which blocks each epoch trains
+on, agreed by all ranks).
+"""
+
+from .options import SELECTORS, SubsetConfig, subsets_enabled, validate_subset_config
+
+__all__ = ["SELECTORS", "SubsetConfig", "subsets_enabled", "validate_subset_config"]

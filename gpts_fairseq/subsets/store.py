@@ -1,0 +1,47 @@
+"""Selections on disk: ``SAVE_DIR/subset/epoch_E.pt``, written atomically, named by a hash.
+
+fairseq rebuilds (and fast-forwards) the epoch's iterator on resume *before* it restores the
+task's state, and the model it would featurise then is the mid-epoch one: so the subset of an
+epoch is read back from this file, never recomputed, and the checkpoint holds its hash.
+"""
+
+import hashlib
+import os
+
+import torch
+
+SUBSET_DIR = "subset"
+
+
+def subset_hash(indices: torch.Tensor) -> str:
+    """sha256 of the sorted block indices (int64, little-endian)."""
+    data = indices.to(torch.int64).contiguous().numpy().astype("<i8").tobytes()
+    return hashlib.sha256(data).hexdigest()
+
+
+def subset_path(save_dir: str, epoch: int) -> str:
+    return os.path.join(save_dir, SUBSET_DIR, f"epoch_{epoch}.pt")
+
+
+def save_subset(save_dir: str, epoch: int, indices: torch.Tensor, info: dict) -> str:
+    """Write the selection of ``epoch`` (tmp file + rename: a killed run never leaves half a
+    file); returns its hash."""
+    path = subset_path(save_dir, epoch)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    digest = subset_hash(indices)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save({"indices": indices.to(torch.int64), "hash": digest, "epoch": epoch, **info}, tmp)
+    os.replace(tmp, path)
+    return digest
+
+
+def load_subset(save_dir: str, epoch: int) -> dict | None:
+    """The stored selection of ``epoch`` (its hash checked against its content), or None."""
+    path = subset_path(save_dir, epoch)
+    if not os.path.exists(path):
+        return None
+    record = torch.load(path, weights_only=True)
+    if subset_hash(record["indices"]) != record["hash"]:
+        raise ValueError(f"{path} is corrupt: its indices do not match its hash; delete it to select again "
+                         f"(the run will then differ from the original)")
+    return record
