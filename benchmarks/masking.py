@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from gpts_fairseq.masking import MaskingSpec, Psi, ops
+from gpts_fairseq.masking import MaskingSpec, MaskTokensArgs, Psi, ops
 
 VOCAB = 50_000
 BOS, PAD, EOS, UNK = 0, 1, 2, 3
@@ -51,16 +51,11 @@ def op_masking(tokens, exact):
     spec = MaskingSpec.build(
         vocab_size=VOCAB, special_ids=[BOS, PAD, EOS, UNK], mask_idx=MASK, pad_idx=PAD, exact=exact
     )
-    args = [
-        tokens, torch.arange(tokens.shape[0]), spec.maskable, spec.word_start, spec.replace_cdf,
-        spec.span_cdf, 1, 1, PSI.mask_prob, PSI.leave_unmasked_prob, PSI.random_token_prob,
-        spec.mask_multiple_length, exact, MASK, PAD,
-    ]
+    args = MaskTokensArgs.build(tokens, torch.arange(tokens.shape[0]), spec, PSI, seed=1, step=1)
     step = iter(range(1, 2**31))
 
-    def run():
-        args[7] = next(step)  # a new masking epoch each call, as in training
-        return ops.mask_tokens(*args)
+    def run():  # a new masking epoch each call, as in training
+        return ops.mask_tokens(args._replace(step=next(step)))
 
     return run
 

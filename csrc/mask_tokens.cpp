@@ -1,6 +1,6 @@
 // gpts::mask_tokens: schema, argument checks and the CPU kernel (the fake kernel for
-// torch.compile is registered in gpts_fairseq/masking/ops.py).
-// Loading the extension module (gpts_fairseq._C) registers the op with the dispatcher.
+// torch.compile, with the same checks on shapes, dtypes and devices, is registered in
+// gpts_fairseq/masking/ops.py). Loading the extension module (gpts_fairseq._C) registers the op.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -48,11 +48,9 @@ void check_ends_at_two_pow_32(const at::Tensor& table, const char* name) {
   }
 }
 
-void check_args(
-    const at::Tensor& tokens, const at::Tensor& sample_ids, const at::Tensor& maskable,
-    const at::Tensor& word_start, const at::Tensor& replace_cdf, const at::Tensor& span_cdf,
-    int64_t step, double mask_prob, double leave_unmasked_prob, double random_token_prob,
-    int64_t mask_multiple_length, int64_t mask_idx, int64_t pad_idx) {
+void check_args(const MaskTokensArgs& args) {
+  const at::Tensor& tokens = args.tokens;
+  const at::Tensor& sample_ids = args.sample_ids;
   TORCH_CHECK_TYPE(tokens.scalar_type() == at::kInt || tokens.scalar_type() == at::kLong,
                    "mask_tokens: tokens must be int32 or int64, got ", tokens.scalar_type());
   TORCH_CHECK_VALUE(tokens.dim() == 2, "mask_tokens: tokens must be 2-D [batch, length], got shape ",
@@ -76,74 +74,66 @@ void check_args(
                       *range.first, ", ", *range.second, "]");
   }
 
-  check_table(maskable, "maskable", at::kBool, tokens);
-  const int64_t vocab_size = maskable.numel();
+  check_table(args.maskable, "maskable", at::kBool, tokens);
+  const int64_t vocab_size = args.maskable.numel();
   TORCH_CHECK_VALUE(vocab_size >= 1, "mask_tokens: maskable must have one entry per vocabulary id (V >= 1)");
-  check_table(word_start, "word_start", at::kBool, tokens);
-  TORCH_CHECK_VALUE(word_start.numel() == 0 || word_start.numel() == vocab_size,
+  check_table(args.word_start, "word_start", at::kBool, tokens);
+  TORCH_CHECK_VALUE(args.word_start.numel() == 0 || args.word_start.numel() == vocab_size,
                     "mask_tokens: word_start must be empty or have shape [", vocab_size,
-                    "] (the vocabulary), got ", word_start.sizes());
-  check_table(replace_cdf, "replace_cdf", at::kLong, tokens);
-  TORCH_CHECK_VALUE(replace_cdf.numel() == vocab_size, "mask_tokens: replace_cdf must have shape [",
-                    vocab_size, "] (the vocabulary), got ", replace_cdf.sizes());
-  check_ends_at_two_pow_32(replace_cdf, "replace_cdf");
-  check_table(span_cdf, "span_cdf", at::kLong, tokens);
-  TORCH_CHECK_VALUE(span_cdf.numel() >= 2, "mask_tokens: span_cdf must have Lmax + 1 >= 2 entries, got shape ",
-                    span_cdf.sizes());
-  check_ends_at_two_pow_32(span_cdf, "span_cdf");
+                    "] (the vocabulary), got ", args.word_start.sizes());
+  check_table(args.replace_cdf, "replace_cdf", at::kLong, tokens);
+  TORCH_CHECK_VALUE(args.replace_cdf.numel() == vocab_size, "mask_tokens: replace_cdf must have shape [",
+                    vocab_size, "] (the vocabulary), got ", args.replace_cdf.sizes());
+  check_ends_at_two_pow_32(args.replace_cdf, "replace_cdf");
+  check_table(args.span_cdf, "span_cdf", at::kLong, tokens);
+  TORCH_CHECK_VALUE(args.span_cdf.numel() >= 2, "mask_tokens: span_cdf must have Lmax + 1 >= 2 entries, got shape ",
+                    args.span_cdf.sizes());
+  check_ends_at_two_pow_32(args.span_cdf, "span_cdf");
 
-  TORCH_CHECK_VALUE(step >= 0 && step < static_cast<int64_t>(kTwoPow32),
-                    "mask_tokens: step must be in [0, 2**32), got ", step);
-  TORCH_CHECK_VALUE(in_unit_interval(mask_prob), "mask_tokens: mask_prob must be in [0, 1], got ",
-                    mask_prob);
-  TORCH_CHECK_VALUE(in_unit_interval(leave_unmasked_prob),
-                    "mask_tokens: leave_unmasked_prob must be in [0, 1], got ", leave_unmasked_prob);
-  TORCH_CHECK_VALUE(in_unit_interval(random_token_prob),
-                    "mask_tokens: random_token_prob must be in [0, 1], got ", random_token_prob);
-  TORCH_CHECK_VALUE(leave_unmasked_prob + random_token_prob <= 1.0,
+  TORCH_CHECK_VALUE(args.step >= 0 && args.step < static_cast<int64_t>(kTwoPow32),
+                    "mask_tokens: step must be in [0, 2**32), got ", args.step);
+  TORCH_CHECK_VALUE(in_unit_interval(args.mask_prob), "mask_tokens: mask_prob must be in [0, 1], got ",
+                    args.mask_prob);
+  TORCH_CHECK_VALUE(in_unit_interval(args.leave_unmasked_prob),
+                    "mask_tokens: leave_unmasked_prob must be in [0, 1], got ", args.leave_unmasked_prob);
+  TORCH_CHECK_VALUE(in_unit_interval(args.random_token_prob),
+                    "mask_tokens: random_token_prob must be in [0, 1], got ", args.random_token_prob);
+  TORCH_CHECK_VALUE(args.leave_unmasked_prob + args.random_token_prob <= 1.0,
                     "mask_tokens: leave_unmasked_prob + random_token_prob must be <= 1, got ",
-                    leave_unmasked_prob, " + ", random_token_prob);
-  TORCH_CHECK_VALUE(mask_multiple_length >= 1,
-                    "mask_tokens: mask_multiple_length must be >= 1, got ", mask_multiple_length);
-  TORCH_CHECK_VALUE(mask_idx >= 0 && mask_idx < vocab_size, "mask_tokens: mask_idx must be in [0, ",
-                    vocab_size, ") (the vocabulary), got ", mask_idx);
-  TORCH_CHECK_VALUE(pad_idx >= 0 && pad_idx < vocab_size, "mask_tokens: pad_idx must be in [0, ",
-                    vocab_size, ") (the vocabulary), got ", pad_idx);
+                    args.leave_unmasked_prob, " + ", args.random_token_prob);
+  TORCH_CHECK_VALUE(args.mask_multiple_length >= 1,
+                    "mask_tokens: mask_multiple_length must be >= 1, got ", args.mask_multiple_length);
+  TORCH_CHECK_VALUE(args.mask_idx >= 0 && args.mask_idx < vocab_size, "mask_tokens: mask_idx must be in [0, ",
+                    vocab_size, ") (the vocabulary), got ", args.mask_idx);
+  TORCH_CHECK_VALUE(args.pad_idx >= 0 && args.pad_idx < vocab_size, "mask_tokens: pad_idx must be in [0, ",
+                    vocab_size, ") (the vocabulary), got ", args.pad_idx);
 }
 
 }  // namespace
 
-MaskParams check_and_pack(
-    const at::Tensor& tokens, const at::Tensor& sample_ids, const at::Tensor& maskable,
-    const at::Tensor& word_start, const at::Tensor& replace_cdf, const at::Tensor& span_cdf,
-    int64_t seed, int64_t step, double mask_prob, double leave_unmasked_prob,
-    double random_token_prob, int64_t mask_multiple_length, bool exact, int64_t mask_idx,
-    int64_t pad_idx) {
-  check_args(tokens, sample_ids, maskable, word_start, replace_cdf, span_cdf, step, mask_prob,
-             leave_unmasked_prob, random_token_prob, mask_multiple_length, mask_idx, pad_idx);
+MaskParams check_and_pack(const MaskTokensArgs& args) {
+  check_args(args);
   MaskParams p;
-  p.seed = static_cast<uint64_t>(seed);
-  p.step = static_cast<uint32_t>(step);
-  p.select_threshold = threshold(mask_prob / static_cast<double>(mask_multiple_length));
-  p.keep_threshold = threshold(leave_unmasked_prob);
-  p.random_threshold = threshold(leave_unmasked_prob + random_token_prob);
-  p.mask_prob = mask_prob;
-  p.mask_multiple_length = mask_multiple_length;
-  p.exact = exact;
-  p.mask_idx = mask_idx;
-  p.pad_idx = pad_idx;
-  p.vocab_size = maskable.numel();
-  p.maskable = maskable.data_ptr<bool>();
-  p.word_start = word_start.numel() == 0 ? nullptr : word_start.data_ptr<bool>();
-  p.replace_cdf = replace_cdf.data_ptr<int64_t>();
-  p.span_cdf = span_cdf.data_ptr<int64_t>();
-  p.span_table_size = span_cdf.numel();
+  p.seed = static_cast<uint64_t>(args.seed);
+  p.step = static_cast<uint32_t>(args.step);
+  p.select_threshold = threshold(args.mask_prob / static_cast<double>(args.mask_multiple_length));
+  p.keep_threshold = threshold(args.leave_unmasked_prob);
+  p.random_threshold = threshold(args.leave_unmasked_prob + args.random_token_prob);
+  p.mask_prob = args.mask_prob;
+  p.mask_multiple_length = args.mask_multiple_length;
+  p.exact = args.exact;
+  p.mask_idx = args.mask_idx;
+  p.pad_idx = args.pad_idx;
+  p.vocab_size = args.maskable.numel();
+  p.maskable = args.maskable.data_ptr<bool>();
+  p.word_start = args.word_start.numel() == 0 ? nullptr : args.word_start.data_ptr<bool>();
+  p.replace_cdf = args.replace_cdf.data_ptr<int64_t>();
+  p.span_cdf = args.span_cdf.data_ptr<int64_t>();
+  p.span_table_size = args.span_cdf.numel();
   return p;
 }
 
 namespace {
-
-using Outputs = std::tuple<at::Tensor, at::Tensor>;
 
 // Fast path on the CPU: 64 positions at a time, the selection blocks first and the candidates
 // after, so independent Philox blocks overlap instead of waiting behind unpredictable branches.
@@ -206,22 +196,16 @@ void mask_batch_cpu(const MaskParams& p, const at::Tensor& tokens, const at::Ten
   });
 }
 
-Outputs mask_tokens_cpu(
-    const at::Tensor& tokens, const at::Tensor& sample_ids, const at::Tensor& maskable,
-    const at::Tensor& word_start, const at::Tensor& replace_cdf, const at::Tensor& span_cdf,
-    int64_t seed, int64_t step, double mask_prob, double leave_unmasked_prob,
-    double random_token_prob, int64_t mask_multiple_length, bool exact, int64_t mask_idx,
-    int64_t pad_idx) {
-  const MaskParams p = check_and_pack(
-      tokens, sample_ids, maskable, word_start, replace_cdf, span_cdf, seed, step, mask_prob,
-      leave_unmasked_prob, random_token_prob, mask_multiple_length, exact, mask_idx, pad_idx);
+MaskTokensOutputs mask_tokens_cpu(const MaskTokensArgs& args) {
+  const MaskParams p = check_and_pack(args);
+  const at::Tensor& tokens = args.tokens;
   at::Tensor source = at::empty_like(tokens);
   at::Tensor target = at::empty_like(tokens);
   if (tokens.numel() == 0) {
     return {source, target};
   }
   AT_DISPATCH_INDEX_TYPES(tokens.scalar_type(), "mask_tokens_cpu", [&] {
-    mask_batch_cpu<index_t>(p, tokens, sample_ids, source, target);
+    mask_batch_cpu<index_t>(p, tokens, args.sample_ids, source, target);
   });
   return {source, target};
 }
@@ -238,7 +222,7 @@ TORCH_LIBRARY(gpts, m) {
 }
 
 TORCH_LIBRARY_IMPL(gpts, CPU, m) {
-  m.impl("mask_tokens", &gpts::mask_tokens_cpu);
+  m.impl("mask_tokens", &gpts::mask_tokens_entry<gpts::mask_tokens_cpu>);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from gpts_fairseq.masking import MaskingSpec, Psi
+from gpts_fairseq.masking import MaskingSpec, MaskTokensArgs, Psi
 from gpts_fairseq.masking.reference import mask_tokens_reference
 
 BOS, PAD, EOS, UNK = 0, 1, 2, 3
@@ -33,9 +33,7 @@ def run_reference(tokens, spec, psi, *, seed=7, step=1, sample_ids=None):
     if sample_ids is None:
         sample_ids = torch.arange(tokens.shape[0], dtype=torch.int64)
     return mask_tokens_reference(
-        tokens, sample_ids, spec.maskable, spec.word_start, spec.replace_cdf, spec.span_cdf,
-        seed, step, psi.mask_prob, psi.leave_unmasked_prob, psi.random_token_prob,
-        spec.mask_multiple_length, spec.exact, spec.mask_idx, spec.pad_idx,
+        MaskTokensArgs.build(tokens, sample_ids, spec, psi, seed=seed, step=step)
     )
 
 

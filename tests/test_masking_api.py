@@ -169,7 +169,7 @@ def test_fallback_equals_reference_warns_once_and_accepts_non_contiguous_input(r
 def test_dispatches_to_the_compiled_op_when_available(monkeypatch):
     calls = []
 
-    def fake_op(*arguments):
+    def fake_op(arguments):
         calls.append(arguments)
         return "source", "target"
 

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpts_fairseq.masking import MaskingSpec, Psi
+from gpts_fairseq.masking import MaskingSpec, MaskTokensArgs, Psi
 from gpts_fairseq.masking.philox import philox4x32, seed_key
 from gpts_fairseq.masking.reference import mask_tokens_reference, threshold
 from masking_cases import DEFAULT_PSI, MASK, PAD, SPECIALS, make_spec, random_batch, run_reference
@@ -146,11 +146,9 @@ def masking_cases(draw):
 def test_reference_matches_literal_reading_of_the_algorithm(case):
     spec, psi, rows, sample_ids, seed, step = case
     tokens = torch.tensor(rows, dtype=torch.int64)
-    source, target = mask_tokens_reference(
-        tokens, torch.tensor(sample_ids, dtype=torch.int64), spec.maskable, spec.word_start,
-        spec.replace_cdf, spec.span_cdf, seed, step, psi.mask_prob, psi.leave_unmasked_prob,
-        psi.random_token_prob, spec.mask_multiple_length, spec.exact, spec.mask_idx, spec.pad_idx,
-    )
+    source, target = mask_tokens_reference(MaskTokensArgs.build(
+        tokens, torch.tensor(sample_ids, dtype=torch.int64), spec, psi, seed=seed, step=step,
+    ))
     for b, row in enumerate(rows):
         expected = literal_mask_row(
             row, sample_ids[b], seed, step, psi.mask_prob, psi.leave_unmasked_prob,

@@ -50,15 +50,9 @@ int blocks_for(int64_t work) {
   return static_cast<int>(blocks < 65535 ? blocks : 65535);  // grid-stride loops cover the rest
 }
 
-std::tuple<at::Tensor, at::Tensor> mask_tokens_cuda(
-    const at::Tensor& tokens, const at::Tensor& sample_ids, const at::Tensor& maskable,
-    const at::Tensor& word_start, const at::Tensor& replace_cdf, const at::Tensor& span_cdf,
-    int64_t seed, int64_t step, double mask_prob, double leave_unmasked_prob,
-    double random_token_prob, int64_t mask_multiple_length, bool exact, int64_t mask_idx,
-    int64_t pad_idx) {
-  const MaskParams p = check_and_pack(
-      tokens, sample_ids, maskable, word_start, replace_cdf, span_cdf, seed, step, mask_prob,
-      leave_unmasked_prob, random_token_prob, mask_multiple_length, exact, mask_idx, pad_idx);
+MaskTokensOutputs mask_tokens_cuda(const MaskTokensArgs& args) {
+  const MaskParams p = check_and_pack(args);
+  const at::Tensor& tokens = args.tokens;
   const c10::cuda::CUDAGuard device_guard(tokens.device());
   at::Tensor source = at::empty_like(tokens);
   at::Tensor target = at::empty_like(tokens);
@@ -75,7 +69,7 @@ std::tuple<at::Tensor, at::Tensor> mask_tokens_cuda(
   }
   AT_DISPATCH_INDEX_TYPES(tokens.scalar_type(), "mask_tokens_cuda", [&] {
     const index_t* in = tokens.data_ptr<index_t>();
-    const int64_t* ids = sample_ids.data_ptr<int64_t>();
+    const int64_t* ids = args.sample_ids.data_ptr<int64_t>();
     index_t* out_source = source.data_ptr<index_t>();
     index_t* out_target = target.data_ptr<index_t>();
     if (fast) {
@@ -97,5 +91,5 @@ std::tuple<at::Tensor, at::Tensor> mask_tokens_cuda(
 }  // namespace gpts
 
 TORCH_LIBRARY_IMPL(gpts, CUDA, m) {
-  m.impl("mask_tokens", &gpts::mask_tokens_cuda);
+  m.impl("mask_tokens", &gpts::mask_tokens_entry<gpts::mask_tokens_cuda>);
 }

@@ -10,10 +10,11 @@ import warnings
 
 import torch
 
+from .arguments import MaskTokensArgs
 from .reference import mask_tokens_reference
 from .spec import MaskingSpec, Psi
 
-__all__ = ["MaskingSpec", "Psi", "mask_tokens", "mask_tokens_reference"]
+__all__ = ["MaskTokensArgs", "MaskingSpec", "Psi", "mask_tokens", "mask_tokens_reference"]
 
 _MAX_STEP = 2**32
 _MAX_SEED = 2**63
@@ -94,9 +95,4 @@ def mask_tokens(tokens, spec: MaskingSpec, psi: Psi, *, seed: int, step: int, sa
             warnings.warn(_BUILD_HINT, RuntimeWarning, stacklevel=2)
             _fallback_warned = True
         op = mask_tokens_reference
-    maskable, word_start, replace_cdf, span_cdf = spec.tables(tokens.device)
-    return op(
-        tokens, sample_ids, maskable, word_start, replace_cdf, span_cdf, seed, step,
-        psi.mask_prob, psi.leave_unmasked_prob, psi.random_token_prob,
-        spec.mask_multiple_length, spec.exact, spec.mask_idx, spec.pad_idx,
-    )
+    return op(MaskTokensArgs.build(tokens, sample_ids, spec, psi, seed=seed, step=step))

@@ -8,6 +8,7 @@ rows or tokens), so it stays usable for training.
 import numpy as np
 import torch
 
+from .arguments import MaskTokensArgs
 from .philox import philox4x32, seed_key
 
 TWO_POW_32 = 2**32
@@ -71,38 +72,23 @@ def _span_lengths(span_cdf: np.ndarray, u_len: np.ndarray):
     return np.searchsorted(span_cdf, u_len, side="right")
 
 
-def mask_tokens_reference(
-    tokens: torch.Tensor,
-    sample_ids: torch.Tensor,
-    maskable: torch.Tensor,
-    word_start: torch.Tensor,
-    replace_cdf: torch.Tensor,
-    span_cdf: torch.Tensor,
-    seed: int,
-    step: int,
-    mask_prob: float,
-    leave_unmasked_prob: float,
-    random_token_prob: float,
-    mask_multiple_length: int,
-    exact: bool,
-    mask_idx: int,
-    pad_idx: int,
-):
-    """``(source, target)`` per docs/masking-algorithm.md, on the device and dtype of ``tokens``.
+def mask_tokens_reference(args: MaskTokensArgs):
+    """``(source, target)`` per docs/masking-algorithm.md, on the device and dtype of the tokens.
 
-    Takes the raw positional signature of ``torch.ops.gpts.mask_tokens`` and trusts its
-    inputs; ``gpts_fairseq.masking.mask_tokens`` validates them.
+    Takes the compiled op's arguments and trusts them; ``gpts_fairseq.masking.mask_tokens``
+    validates them.
     """
+    tokens = args.tokens
     device, dtype = tokens.device, tokens.dtype
     if tokens.numel() == 0:
         return tokens.clone(), tokens.clone()
     ids = tokens.detach().cpu().numpy().astype(np.int64, copy=False)
     batch, length = ids.shape
-    maskable_table = maskable.detach().cpu().numpy().astype(bool, copy=False)
-    word_start_table = word_start.detach().cpu().numpy().astype(bool, copy=False)
-    replace_table = replace_cdf.detach().cpu().numpy().astype(np.int64, copy=False)
-    span_table = span_cdf.detach().cpu().numpy().astype(np.int64, copy=False)
-    draws = _Draws(int(seed), int(step), sample_ids.detach().cpu().numpy().astype(np.uint64))
+    maskable_table = args.maskable.detach().cpu().numpy().astype(bool, copy=False)
+    word_start_table = args.word_start.detach().cpu().numpy().astype(bool, copy=False)
+    replace_table = args.replace_cdf.detach().cpu().numpy().astype(np.int64, copy=False)
+    span_table = args.span_cdf.detach().cpu().numpy().astype(np.int64, copy=False)
+    draws = _Draws(int(args.seed), int(args.step), args.sample_ids.detach().cpu().numpy().astype(np.uint64))
 
     in_vocab = (ids >= 0) & (ids < len(maskable_table))
     safe_ids = np.where(in_vocab, ids, 0)
@@ -117,10 +103,10 @@ def mask_tokens_reference(
         unit_start = is_maskable
     unit_index = np.cumsum(unit_start, axis=1) - 1
 
-    if exact:
-        starts = _starts_exact(unit_start, unit_index, draws, mask_prob, mask_multiple_length)
+    if args.exact:
+        starts = _starts_exact(unit_start, unit_index, draws, args.mask_prob, args.mask_multiple_length)
     else:
-        select_threshold = threshold(mask_prob / float(mask_multiple_length))
+        select_threshold = threshold(args.mask_prob / float(args.mask_multiple_length))
         u_sel = draws.per_position(STREAM_SELECT, length)
         starts = unit_start & (u_sel.astype(np.int64) < select_threshold)
 
@@ -137,16 +123,16 @@ def mask_tokens_reference(
         unit_position = np.maximum.accumulate(unit_position, axis=1)
         u_kind = np.take_along_axis(u_kind, np.maximum(unit_position, 0), axis=1)
     u_kind = u_kind.astype(np.int64)
-    keep = u_kind < threshold(leave_unmasked_prob)
-    randomise = ~keep & (u_kind < threshold(leave_unmasked_prob + random_token_prob))
+    keep = u_kind < threshold(args.leave_unmasked_prob)
+    randomise = ~keep & (u_kind < threshold(args.leave_unmasked_prob + args.random_token_prob))
 
     source = ids.copy()
-    source[selected & ~keep & ~randomise] = mask_idx
+    source[selected & ~keep & ~randomise] = args.mask_idx
     random_positions = selected & randomise
     source[random_positions] = np.searchsorted(
         replace_table, u_repl[random_positions], side="right"
     )
-    target = np.where(selected, ids, pad_idx)
+    target = np.where(selected, ids, args.pad_idx)
 
     def to_torch(array):
         return torch.from_numpy(array).to(device=device, dtype=dtype)
