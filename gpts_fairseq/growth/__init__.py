@@ -1,0 +1,10 @@
+"""Progressive growth (CompoundGrow, Gu et al., NAACL 2021) inside fairseq-train.
+
+- ``stages``: --grow-stages, parsed and checked;
+- ``operators``: Net2Net FFN tiling, layer stacking, zero-initialised layers (with their
+  optimizer state);
+- ``model``: the architecture ``gpts_roberta_grow`` (registered on import);
+- ``flops``: FLOPs per update of the active sub-network;
+- ``hooks``: what the gpts_mlm task calls each update (grow when due, re-warm the LR, fold
+  rows to the stage's length).
+"""

@@ -1,0 +1,122 @@
+"""What the gpts_mlm task calls in every training step of a ``gpts_roberta_grow`` model:
+``before_update`` (grow when the stage's update comes, re-warm the LR) and ``fold_rows``
+(masked rows cut to the stage's length). Other models pass through unchanged."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from fairseq.distributed import utils as distributed_utils
+from fairseq.logging import metrics
+
+from .flops import BACKWARD_FACTOR, forward_flops
+from .model import GrowRobertaModel
+from .stages import stage_index_at
+
+logger = logging.getLogger(__name__)
+
+
+def growing_model(model):
+    """The GrowRobertaModel inside DDP/legacy-DDP wrappers, or None."""
+    while not isinstance(model, GrowRobertaModel) and isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module
+    return model if isinstance(model, GrowRobertaModel) else None
+
+
+def _torch_optimizer(optimizer):
+    """The torch optimizer inside fairseq's wrappers (its ``state`` is per parameter)."""
+    while not isinstance(optimizer, torch.optim.Optimizer):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+def _is_first_rank() -> bool:
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return True
+    return distributed_utils.get_data_parallel_rank() == 0
+
+
+def before_update(model, optimizer, update_num: int, measure_loss=None) -> None:
+    """Grow to the stage of ``update_num`` if it is a later one (every rank does the same,
+    from the update count alone), and scale the LR of a re-warm. ``measure_loss()`` (the
+    reference validation loss) is logged before and after a growth, on the first rank."""
+    grower = growing_model(model)
+    if grower is None:
+        return
+    target = stage_index_at(grower.stages, update_num)
+    if target > grower._stage_index:
+        measure = measure_loss if measure_loss is not None and _is_first_rank() else None
+        # the measurement must not move the RNGs (dropout) that the training step uses next
+        with torch.random.fork_rng(devices=[]):
+            before = measure() if measure else None
+            started = time.perf_counter()
+            grower.grow_to(target, _torch_optimizer(optimizer).state)
+            seconds = time.perf_counter() - started
+            after = measure() if measure else None
+        _log_growth(grower, update_num, before, after, seconds)
+    grower.sync_trainable()
+    _rewarm(grower, optimizer, update_num)
+
+
+def _log_growth(grower, update_num, before, after, seconds):
+    stage = grower.stage
+    losses = "" if before is None else f"; reference loss {before:.4f} -> {after:.4f} ({after - before:+.4f})"
+    logger.info(f"grow: update {update_num}: stage {grower._stage_index} active layers={stage.layers}, "
+                f"ffn={stage.ffn}, tokens={stage.tokens}, {grower.active_parameters():,} parameters "
+                f"({grower.args.grow_depth}, width noise {grower.args.grow_width_noise}, optimizer "
+                f"{grower.args.grow_optimizer}, {1000 * seconds:.1f} ms){losses}")
+    if before is not None:
+        metrics.log_scalar("grow_loss_before", before, weight=0, round=4)
+        metrics.log_scalar("grow_loss_after", after, weight=0, round=4)
+
+
+def _rewarm(grower, optimizer, update_num: int) -> None:
+    """LR x (k + 1) / N in the k-th update (k < N) after a growth; the scheduler sets the
+    LR afresh after every update, so the factor applies to this update only."""
+    updates = int(grower.args.grow_rewarm_updates)
+    since = update_num - grower.stage.start
+    if updates <= 0 or grower._stage_index == 0 or since >= updates or grower._rewarmed_update == update_num:
+        return
+    grower._rewarmed_update = update_num  # once per update, also with --update-freq > 1
+    scale = (since + 1) / updates
+    optimizer.set_lr(optimizer.get_lr() * scale)
+    metrics.log_scalar("grow_lr_scale", scale, weight=0, round=4)
+
+
+def fold_rows(model, sample, pad: int):
+    """``sample`` (already masked) with every row cut into rows of the stage's length; rows of
+    padding only are dropped. Masks are untouched: each token keeps its mask and target.
+    Logs the FLOPs of the batch (forward and backward, see flops.py)."""
+    grower = growing_model(model)
+    if grower is None:
+        return sample
+    stage = grower.stage
+    tokens = sample["net_input"]["src_tokens"]
+    rows, width = tokens.shape
+    if stage.tokens < width:
+        pieces = -(-width // stage.tokens)
+
+        def fold(tensor):
+            padded = torch.nn.functional.pad(tensor, (0, pieces * stage.tokens - width), value=pad)
+            return padded.reshape(rows * pieces, stage.tokens)
+
+        source = fold(tokens)
+        keep = (source != pad).any(dim=1)
+        net_input = {**sample["net_input"], "src_tokens": source[keep],
+                     "src_lengths": (source[keep] != pad).sum(dim=1)}
+        for key in ("target_tokens",):
+            if key in net_input:
+                net_input[key] = fold(net_input[key])[keep]
+        if "src_id" in net_input:
+            net_input["src_id"] = net_input["src_id"].repeat_interleave(pieces)[keep]
+        sample = {**sample, "net_input": net_input, "target": fold(sample["target"])[keep],
+                  "id": sample["id"].repeat_interleave(pieces)[keep]}
+    source = sample["net_input"]["src_tokens"]
+    flops = forward_flops(layers=stage.layers, embed_dim=grower.args.encoder_embed_dim, ffn=stage.ffn,
+                          row_tokens=source.shape[1], rows=source.shape[0],
+                          masked_tokens=float((sample["target"] != pad).sum()),
+                          vocab=grower.encoder.sentence_encoder.embed_tokens.num_embeddings)
+    metrics.log_scalar("gflops", flops * (1 + BACKWARD_FACTOR) / 1e9, round=4)
+    return sample
