@@ -1,5 +1,7 @@
-"""Shared fixtures: a tiny binarized corpus (from ../shared/data) and a fairseq-train runner."""
+"""Shared fixtures: a tiny binarized corpus (from ../shared/data), a fairseq-train runner, and
+the ``e2e`` marker on every test that trains with fairseq in a subprocess."""
 
+import inspect
 import json
 import os
 import subprocess
@@ -59,3 +61,32 @@ def json_log(proc, tag):
     marker = f"| {tag} | "
     return [json.loads(line.split(marker, 1)[1]) for line in (proc.stdout + proc.stderr).splitlines()
             if marker in line]
+
+
+def _calls_run_fairseq(function):
+    """Does ``function``, or a function of its module that it names, call ``run_fairseq``?"""
+    module = inspect.getmodule(function)
+    seen = set()
+    pending = [function]
+    while pending:
+        code = getattr(pending.pop(), "__code__", None)
+        if code is None or code in seen:
+            continue
+        seen.add(code)
+        if "run_fairseq" in code.co_names:
+            return True
+        pending.extend(
+            value for name in code.co_names
+            if inspect.isfunction(value := getattr(module, name, None)) and value.__module__ == module.__name__
+        )
+    return False
+
+
+def pytest_collection_modifyitems(config, items):
+    """``e2e``: tests that use the ``tiny_corpus`` fixture or call ``run_fairseq`` (directly or
+    through a helper of their module); tests that train in a subprocess some other way carry
+    ``@pytest.mark.e2e`` themselves. ``pytest -m "not e2e"`` is the quick loop."""
+    for item in items:
+        function = getattr(item, "function", None)
+        if "tiny_corpus" in getattr(item, "fixturenames", ()) or (function and _calls_run_fairseq(function)):
+            item.add_marker(pytest.mark.e2e)
