@@ -149,9 +149,6 @@ class ArmSpace:
     def to_unit(self, arms: torch.Tensor) -> torch.Tensor:
         return (arms.to(torch.float64) - self._lower) / self._width
 
-    def from_unit(self, unit: torch.Tensor) -> torch.Tensor:
-        return unit.to(torch.float64) * self._width + self._lower
-
     def psi(self, arm: torch.Tensor) -> dict:
         """The full ψ (all three names, fixed ones included) of one arm."""
         arm = torch.as_tensor(arm, dtype=torch.float64).reshape(-1)

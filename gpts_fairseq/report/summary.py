@@ -65,12 +65,6 @@ class LabelSummary:
     updates_to_target: int | None  # of the seed-mean curve
     budget: int | None
 
-    @property
-    def fraction_of_budget(self) -> float | None:
-        if self.updates_to_target is None or not self.budget:
-            return None
-        return self.updates_to_target / self.budget
-
 
 def summarise_label(label: str, runs: Sequence[Run], target: float | None, budget: int | None) -> LabelSummary:
     finals = [r.final_val_loss for r in runs if r.final_val_loss is not None]
