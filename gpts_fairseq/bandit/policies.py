@@ -227,7 +227,7 @@ class GPThompsonPolicy(Policy):
     decide by one joint posterior draw over the candidate arms, then argmax.
 
     Defaults differ from the paper where a measurement says so (benchmarks/nonstationary.py,
-    tests/test_bandit_regret.py): BoTorch's classic Gamma priors on length-scale, output-scale
+    tests/test_bandit.py): BoTorch's classic Gamma priors on length-scale, output-scale
     and noise (MAP instead of plain ML-II, which with a handful of noisy rewards often lands
     on "all noise" or vanishing length-scales), fitted by warm-started L-BFGS. The paper's
     set-up is ``priors="none", fit=FitSettings.paper()``.
