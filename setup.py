@@ -64,7 +64,8 @@ setup(
     python_requires=">=3.9",
     # torch and fairseq are not listed: the user's own builds are kept (see the Makefile).
     install_requires=["numpy", "gpytorch>=1.11", "matplotlib"],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
+    # tensorboard: fairseq's --tensorboard-logdir writer and the test's event reader (no torch dep)
+    extras_require={"test": ["pytest>=7", "hypothesis>=6", "tensorboard>=2.10"]},
     entry_points={"console_scripts": ["gpts-report = gpts_fairseq.report.cli:main"]},
     ext_modules=[masking_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True), "build_py": BuildPyWithHook,
