@@ -40,8 +40,9 @@ def _is_first_rank() -> bool:
 
 def before_update(model, optimizer, update_num: int, measure_loss=None) -> None:
     """Grow to the stage of ``update_num`` if it is a later one (every rank does the same,
-    from the update count alone), and scale the LR of a re-warm. ``measure_loss()`` (the
-    reference validation loss) is logged before and after a growth, on the first rank."""
+    from the update count alone), and scale the LR of a re-warm. ``measure_loss(module)``
+    (the reference validation loss of the unwrapped model) is logged before and after a
+    growth, on the first rank."""
     grower = growing_model(model)
     if grower is None:
         return
@@ -50,26 +51,29 @@ def before_update(model, optimizer, update_num: int, measure_loss=None) -> None:
         measure = measure_loss if measure_loss is not None and _is_first_rank() else None
         # the measurement must not move the RNGs (dropout) that the training step uses next
         with torch.random.fork_rng(devices=[]):
-            before = measure() if measure else None
+            before = measure(grower) if measure else None
             started = time.perf_counter()
             grower.grow_to(target, _torch_optimizer(optimizer).state)
             seconds = time.perf_counter() - started
-            after = measure() if measure else None
+            after = measure(grower) if measure else None
         _log_growth(grower, update_num, before, after, seconds)
     grower.sync_trainable()
     _rewarm(grower, optimizer, update_num)
 
 
 def _log_growth(grower, update_num, before, after, seconds):
+    """One line per rank: the new stage, its size, the operators, the parameter checksum
+    (equal on every rank) and, on the first rank, the reference loss before and after."""
     stage = grower.stage
-    losses = "" if before is None else f"; reference loss {before:.4f} -> {after:.4f} ({after - before:+.4f})"
+    checksum = sum(float(p.detach().double().sum()) for p in grower.parameters())
+    losses = "" if before is None else f"; reference loss {before:.6f} -> {after:.6f} ({after - before:+.6f})"
     logger.info(f"grow: update {update_num}: stage {grower._stage_index} active layers={stage.layers}, "
                 f"ffn={stage.ffn}, tokens={stage.tokens}, {grower.active_parameters():,} parameters "
                 f"({grower.args.grow_depth}, width noise {grower.args.grow_width_noise}, optimizer "
-                f"{grower.args.grow_optimizer}, {1000 * seconds:.1f} ms){losses}")
+                f"{grower.args.grow_optimizer}, {1000 * seconds:.1f} ms), parameter checksum {checksum!r}{losses}")
     if before is not None:
-        metrics.log_scalar("grow_loss_before", before, weight=0, round=4)
-        metrics.log_scalar("grow_loss_after", after, weight=0, round=4)
+        metrics.log_scalar("grow_loss_before", before, weight=0, round=6)
+        metrics.log_scalar("grow_loss_after", after, weight=0, round=6)
 
 
 def _rewarm(grower, optimizer, update_num: int) -> None:

@@ -1,0 +1,374 @@
+"""Does progressive growth (CompoundGrow) reach a fixed model's loss with fewer FLOPs?
+
+Pre-registered before any run (protocol, metric and pass criteria are not re-tuned after):
+
+- Target model: ``gpts_roberta_grow_tiny`` (4 layers x 128 wide, 4 heads, FFN 512, post-LN as
+  RoBERTa), rows of 128 characters (``benchmarks/corpora.py``, char tokens), batch 16, Adam
+  (0.9, 0.98), lr 2e-3, 10% warmup then linear decay to the arm's last update, weight decay
+  0.01, clip 1.0, no dropout; masking ρ = 0.15, γ = λ = 0.1 (``--task gpts_mlm``, constant).
+- Arms, all with the same training FLOPs budget B = 400 updates of the full model (counted
+  with ``gpts_fairseq.growth.flops.update_flops``, expected masked count):
+  ``fixed`` (the full model throughout); ``compound`` (layers=2, ffn=128, tokens=64 first);
+  ``depth`` (layers=2 first); ``width`` (ffn=128 first). A growth arm spends the first half
+  of B in its small stage, then grows to the full model (stacking, width noise 0.01, Adam
+  state carried, LR re-warm over 20 updates) and trains until B is spent. So growth arms make
+  more updates than ``fixed`` (the same tokens per update).
+- Validation every 20 updates on the first 12 validation batches at the reference masking
+  (the same masks every time), bits per masked token. Growth happens at a multiple of 20,
+  so the loss just before and just after it is logged too.
+- 3 corpora (wikitext-2, linux, war-and-peace) x 3 seeds, one thread per run.
+- Metric per corpus and seed: the fixed arm's final validation loss is the target; for every
+  arm the training FLOPs, and the single-thread training wall-clock (fairseq's ``train_wall``
+  summed, validation excluded), at its first validation at or below the target; ``null`` if
+  it never gets there. Ratios are to the fixed arm's own FLOPs/time to the target (the same
+  seed). The load average is recorded with each run: wall-clock on a shared machine is noisy.
+- Pass (compound growth saves compute here): median over the 3 seeds of compound's FLOPs
+  ratio <= 0.8 on at least 2 of the 3 corpora. Depth-only and width-only are reported, no
+  criterion. The loss jump at each growth (reference loss just after minus just before) is
+  reported per arm.
+
+Results: ``benchmarks/results/growth/<corpus>/<arm>/seed<k>.json`` (a run whose JSON exists is
+skipped: the suite is resumable), ``benchmarks/results/growth/summary.{json,md}`` and
+``growth.png``.
+
+    python benchmarks/growth.py --jobs 1                # everything (resumable)
+    python benchmarks/growth.py --corpus linux --arms fixed compound --seeds 1
+    python benchmarks/growth.py --summary-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import corpora  # noqa: E402
+
+from gpts_fairseq.growth.flops import update_flops  # noqa: E402
+from gpts_fairseq.growth.stages import parse_stages  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_RESULTS = REPO_ROOT / "benchmarks" / "results" / "growth"
+DEFAULT_WORK = Path(os.environ.get("GPTS_WORK_ROOT", Path.home() / ".cache" / "gpts-fairseq" / "runs")) / "growth"
+TARGET = dict(layers=4, embed_dim=128, ffn=512, heads=4, tokens=128)
+MASK_PROB = 0.15
+# the small stage of each arm (None: the full model from the start)
+ARMS = {"fixed": None, "compound": "layers=2,ffn=128,tokens=64", "depth": "layers=2", "width": "ffn=128"}
+_GROWTH_LOG = re.compile(r"grow: update (\d+):.*reference loss ([\d.]+) -> ([\d.]+)")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every run shares; recorded in each result JSON."""
+
+    budget_updates: int = 400  # B, in updates of the full model
+    small_share: float = 0.5  # fraction of B spent in the small stage
+    valid_every: int = 20
+    eval_batches: int = 12
+    batch_size: int = 16
+    lr: float = 2e-3
+    rewarm_updates: int = 20
+    width_noise: float = 0.01
+    depth: str = "stack"
+    optimizer: str = "carry"
+
+    def validate(self) -> None:
+        if self.budget_updates < self.valid_every or self.valid_every < 1:
+            raise ValueError(f"--budget-updates must be >= --valid-every >= 1, got {self.budget_updates}, "
+                             f"{self.valid_every}")
+        if not 0 < self.small_share < 1:
+            raise ValueError(f"--small-share must be in (0, 1), got {self.small_share}")
+
+
+def vocab_size(data_dir: Path) -> int:
+    """fairseq's dictionary of the corpus plus masked_lm's <mask>."""
+    from fairseq.data import Dictionary
+
+    return len(Dictionary.load(str(data_dir / "dict.txt"))) + 1
+
+
+def plan(arm: str, settings: Settings, vocab: int) -> dict:
+    """The arm's --grow-stages, its number of updates and the FLOPs of each update, such that
+    its total FLOPs is the fixed arm's (within one update of the full model)."""
+    size = {k: TARGET[k] for k in ("layers", "ffn", "tokens")}
+    full = parse_stages("", **size)[0]
+
+    def cost(stage):
+        return update_flops(stage, embed_dim=TARGET["embed_dim"], vocab=vocab, sequences=settings.batch_size,
+                            sample_tokens=TARGET["tokens"], mask_prob=MASK_PROB)
+
+    budget = settings.budget_updates * cost(full)
+    if ARMS[arm] is None:
+        return {"stages": "", "updates": settings.budget_updates, "flops_per_update": [cost(full)],
+                "stage_updates": [settings.budget_updates], "budget_flops": budget}
+    small = parse_stages(f"0:{ARMS[arm]}", **size)[0]
+    # the growth update is a multiple of the validation interval: losses just before and after it
+    small_updates = round(settings.small_share * budget / cost(small) / settings.valid_every) * settings.valid_every
+    full_updates = round((budget - small_updates * cost(small)) / cost(full))
+    return {"stages": f"0:{ARMS[arm]};{small_updates}:layers={full.layers},ffn={full.ffn},tokens={full.tokens}",
+            "updates": small_updates + full_updates, "flops_per_update": [cost(small), cost(full)],
+            "stage_updates": [small_updates, full_updates], "budget_flops": budget}
+
+
+def flops_at(schedule: dict, update: int) -> float:
+    """Training FLOPs of the first ``update`` updates under ``schedule``."""
+    total, done = 0.0, 0
+    for count, flops in zip(schedule["stage_updates"], schedule["flops_per_update"]):
+        step = min(count, update - done)
+        total += max(step, 0) * flops
+        done += count
+    return total
+
+
+def run_args(data_dir: Path, save_dir: Path, schedule: dict, seed: int, settings: Settings) -> list[str]:
+    updates = schedule["updates"]
+    return [
+        corpora._fairseq_tool("fairseq-train"), str(data_dir), "--task", "gpts_mlm", "--criterion", "gpts_masked_lm",
+        "--arch", "gpts_roberta_grow_tiny", "--grow-stages", schedule["stages"], "--grow-depth", settings.depth,
+        "--grow-width-noise", str(settings.width_noise), "--grow-optimizer", settings.optimizer,
+        "--grow-rewarm-updates", str(settings.rewarm_updates),
+        "--dropout", "0", "--attention-dropout", "0", "--max-positions", str(TARGET["tokens"]),
+        "--tokens-per-sample", str(TARGET["tokens"]), "--sample-break-mode", "none",
+        "--batch-size", str(settings.batch_size), "--required-batch-size-multiple", "1",
+        "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--adam-eps", "1e-6", "--weight-decay", "0.01",
+        "--clip-norm", "1.0", "--lr", str(settings.lr), "--lr-scheduler", "polynomial_decay",
+        "--warmup-updates", str(updates // 10), "--total-num-update", str(updates), "--max-update", str(updates),
+        "--mask-prob", str(MASK_PROB), "--gpts-reward-batches", str(settings.eval_batches),
+        "--max-valid-steps", str(settings.eval_batches - 1),
+        "--validate-interval-updates", str(settings.valid_every), "--validate-interval", "1000000",
+        "--seed", str(seed), "--cpu", "--num-workers", "0", "--no-save", "--save-dir", str(save_dir),
+        "--log-format", "json", "--log-interval", str(settings.valid_every), "--log-file", str(save_dir / "train.log"),
+    ]
+
+
+def parse_log(text: str) -> dict:
+    """Validation curve, summed training wall time at each validated update, growth events."""
+    valid, walls = {}, {}
+    for line in text.splitlines():
+        start = line.find("{")
+        if start < 0:
+            continue
+        try:
+            record = json.loads(line[start:])
+        except json.JSONDecodeError:
+            continue
+        if "valid_loss" in record and "valid_num_updates" in record:
+            valid[int(record["valid_num_updates"])] = float(record["valid_loss"])
+        elif "train_inner" in line and "train_wall" in record:
+            walls[int(record["num_updates"])] = float(record["train_wall"])
+    cumulative, total = {}, 0.0
+    for update in sorted(walls):
+        total += walls[update]
+        cumulative[update] = total
+    growths = [{"update": int(u), "loss_before": float(b), "loss_after": float(a)}
+               for u, b, a in _GROWTH_LOG.findall(text)]
+    return {"val_curve": sorted(valid.items()), "train_wall": cumulative, "growths": growths}
+
+
+def result_path(results_root: Path, corpus: str, arm: str, seed: int) -> Path:
+    return Path(results_root) / corpus / arm / f"seed{seed}.json"
+
+
+def run_one(corpus: str, data_dir: Path, arm: str, seed: int, settings: Settings, work_root: Path,
+            results_root: Path) -> Path:
+    out = result_path(results_root, corpus, arm, seed)
+    if out.exists():
+        if json.loads(out.read_text()).get("settings") != asdict(settings):
+            raise ValueError(f"{out} was run with other settings: delete it or choose another --results-root")
+        return out
+    save_dir = Path(work_root) / corpus / arm / f"seed{seed}"
+    shutil.rmtree(save_dir, ignore_errors=True)  # an interrupted attempt starts over
+    save_dir.mkdir(parents=True)
+    schedule = plan(arm, settings, vocab_size(data_dir))
+    cmd = run_args(data_dir, save_dir, schedule, seed, settings)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    load_before, start = os.getloadavg(), time.perf_counter()
+    with open(save_dir / "stdout.log", "w") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=save_dir)
+    wall = time.perf_counter() - start
+    output = (save_dir / "stdout.log").read_text(errors="replace")
+    # fairseq-train may abort at interpreter exit after it finished (exit -6): such a run is complete
+    if proc.returncode != 0 and "done training in" not in output:
+        raise RuntimeError(f"fairseq-train failed ({corpus} {arm} seed {seed}), see {save_dir}/stdout.log:\n"
+                           f"{output[-3000:]}")
+    parsed = parse_log(output)
+    if not parsed["val_curve"] or parsed["val_curve"][-1][0] != schedule["updates"]:
+        raise RuntimeError(f"{save_dir}: no validation at update {schedule['updates']}")
+    curve = [{"update": u, "loss": loss, "flops": flops_at(schedule, u),
+              "train_wall_s": parsed["train_wall"].get(u)} for u, loss in parsed["val_curve"]]
+    result = {"corpus": corpus, "arm": arm, "seed": seed, "schedule": schedule, "curve": curve,
+              "growths": parsed["growths"], "final_loss": curve[-1]["loss"], "wall_time_s": wall,
+              "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "exit_code": proc.returncode,
+              "settings": asdict(settings), "fairseq_args": cmd[1:]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.replace(out)
+    return out
+
+
+def to_target(result: dict, target: float) -> dict:
+    """FLOPs and training wall time at the first validation at or below ``target``."""
+    for point in result["curve"]:
+        if point["loss"] <= target:
+            return {"update": point["update"], "flops": point["flops"], "train_wall_s": point["train_wall_s"]}
+    return {"update": None, "flops": None, "train_wall_s": None}
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def summarise(results_root: Path) -> dict:
+    """Per corpus and arm: final losses, FLOPs/wall ratios to the target (same seed), jumps."""
+    summary = {}
+    for corpus in corpora.CORPORA:
+        runs = {(r["arm"], r["seed"]): r for r in (json.loads(p.read_text())
+                for p in sorted((Path(results_root) / corpus).glob("*/seed*.json")))}
+        if not runs:
+            continue
+        arms = {}
+        for arm in ARMS:
+            rows = []
+            for seed in sorted(s for a, s in runs if a == arm):
+                fixed = runs.get(("fixed", seed))
+                result = runs[(arm, seed)]
+                row = {"seed": seed, "final_loss": result["final_loss"], "jumps": [
+                    g["loss_after"] - g["loss_before"] for g in result["growths"]], "flops_ratio": None,
+                    "wall_ratio": None, "loadavg": result["loadavg_before"][0]}
+                if fixed is not None:
+                    mine, ref = to_target(result, fixed["final_loss"]), to_target(fixed, fixed["final_loss"])
+                    row.update(target=fixed["final_loss"], to_target=mine)
+                    if mine["flops"] is not None:
+                        row["flops_ratio"] = mine["flops"] / ref["flops"]
+                        if mine["train_wall_s"] and ref["train_wall_s"]:
+                            row["wall_ratio"] = mine["train_wall_s"] / ref["train_wall_s"]
+                rows.append(row)
+            if rows:
+                arms[arm] = {"runs": rows, "median_flops_ratio": _median(r["flops_ratio"] for r in rows),
+                             "median_wall_ratio": _median(r["wall_ratio"] for r in rows),
+                             "reached": sum(r["flops_ratio"] is not None for r in rows),
+                             "final_mean": statistics.fmean(r["final_loss"] for r in rows),
+                             "final_std": statistics.stdev([r["final_loss"] for r in rows]) if len(rows) > 1 else 0.0}
+        summary[corpus] = arms
+    compound = [a["compound"]["median_flops_ratio"] for a in summary.values()
+                if "compound" in a and len(a["compound"]["runs"]) == 3]
+    summary["pass"] = {"criterion": "median compound FLOPs ratio <= 0.8 on >= 2 of 3 corpora (3 seeds each)",
+                       "corpora_complete": len(compound),
+                       "corpora_passing": sum(r is not None and r <= 0.8 for r in compound),
+                       "passed": None if len(compound) < 3 else sum(r is not None and r <= 0.8 for r in compound) >= 2}
+    return summary
+
+
+def _fmt(value, spec):
+    return "–" if value is None else format(value, spec)
+
+
+def write_summary(results_root: Path) -> dict:
+    summary = summarise(results_root)
+    lines = ["| corpus | arm | seeds | final loss (bits) | reached target | FLOPs to target (× fixed) | "
+             "train wall to target (× fixed) | loss jump at growth |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for corpus, arms in summary.items():
+        if corpus == "pass":
+            continue
+        for arm, s in arms.items():
+            jumps = [j for r in s["runs"] for j in r["jumps"]]
+            jump = f"{statistics.fmean(jumps):+.3f}" if jumps else "–"
+            lines.append(f"| {corpus} | {arm} | {len(s['runs'])} | {s['final_mean']:.3f} ± {s['final_std']:.3f} | "
+                         f"{s['reached']}/{len(s['runs'])} | {_fmt(s['median_flops_ratio'], '.2f')} | "
+                         f"{_fmt(s['median_wall_ratio'], '.2f')} | {jump} |")
+    verdict = summary["pass"]
+    lines += ["", f"Pre-registered criterion ({verdict['criterion']}): {verdict['corpora_passing']} of "
+              f"{verdict['corpora_complete']} complete corpora pass; "
+              f"{'passed' if verdict['passed'] else 'not passed' if verdict['passed'] is False else 'incomplete'}."]
+    results_root = Path(results_root)
+    results_root.mkdir(parents=True, exist_ok=True)
+    (results_root / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (results_root / "summary.md").write_text("\n".join(lines) + "\n")
+    plot(results_root)
+    return summary
+
+
+def plot(results_root: Path) -> None:
+    """Seed-mean validation loss over training FLOPs, one panel per corpus."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    corpus_dirs = [c for c in corpora.CORPORA if (results_root / c).is_dir()]
+    if not corpus_dirs:
+        return
+    fig, axes = plt.subplots(1, len(corpus_dirs), figsize=(5 * len(corpus_dirs), 4), squeeze=False)
+    for ax, corpus in zip(axes[0], corpus_dirs):
+        for arm in ARMS:
+            results = [json.loads(p.read_text()) for p in sorted((results_root / corpus / arm).glob("seed*.json"))]
+            if not results:
+                continue
+            length = min(len(r["curve"]) for r in results)
+            flops = [results[0]["curve"][i]["flops"] / 1e12 for i in range(length)]
+            loss = [statistics.fmean(r["curve"][i]["loss"] for r in results) for i in range(length)]
+            ax.plot(flops, loss, label=f"{arm} ({len(results)} seeds)", lw=2 if arm == "compound" else 1.2)
+        ax.set_title(corpus)
+        ax.set_xlabel("training TFLOPs")
+        ax.set_ylim(top=min(ax.get_ylim()[1], 6.5))
+    axes[0, 0].set_ylabel("validation loss (bits, reference masking)")
+    axes[0, -1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(results_root / "growth.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", nargs="+", default=list(corpora.CORPORA), choices=corpora.CORPORA)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--budget-updates", type=int, default=Settings.budget_updates,
+                        help="FLOPs budget, in updates of the full model")
+    parser.add_argument("--small-share", type=float, default=Settings.small_share)
+    parser.add_argument("--valid-every", type=int, default=Settings.valid_every)
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (each single-threaded)")
+    parser.add_argument("--data-root", type=Path, default=corpora.DEFAULT_DATA_ROOT)
+    parser.add_argument("--work-root", type=Path, default=DEFAULT_WORK, help="fairseq save dirs (outside the repo)")
+    parser.add_argument("--results-root", type=Path, default=DEFAULT_RESULTS)
+    parser.add_argument("--max-lines", type=int, default=None, help="first N lines per split only (smoke tests)")
+    parser.add_argument("--summary-only", action="store_true")
+    args = parser.parse_args(argv)
+    settings = Settings(budget_updates=args.budget_updates, small_share=args.small_share, valid_every=args.valid_every)
+    settings.validate()
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    if not args.summary_only:
+        data = {c: corpora.prepare(c, args.data_root, max_lines=args.max_lines, tokenizer="char") for c in args.corpus}
+        # seed-major order: an interrupted suite has whole seeds across corpora and arms
+        jobs = [(c, a, s) for s in args.seeds for c in args.corpus for a in args.arms]
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            futures = [pool.submit(run_one, c, data[c], a, s, settings, args.work_root, args.results_root)
+                       for c, a, s in jobs]
+            for (c, a, s), future in zip(jobs, futures):
+                result = json.loads(future.result().read_text())
+                print(f"{c:14s} {a:9s} seed {s}: final {result['final_loss']:.3f} bits, "
+                      f"{result['wall_time_s']:.0f} s, load {result['loadavg_before'][0]:.1f}", flush=True)
+                write_summary(args.results_root)
+    summary = write_summary(args.results_root)
+    print((Path(args.results_root) / "summary.md").read_text())
+    return 0 if summary else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
