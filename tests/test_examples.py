@@ -119,3 +119,23 @@ def test_raw_text_script_names_what_is_missing(tmp_path, args, message):
     args = [str(train) if a == "TRAIN" else str(valid) if a == "VALID" else a for a in args]
     proc = run_script(*args, check=False)
     assert proc.returncode == 2 and message in proc.stderr and not (tmp_path / "o").exists()
+
+
+def test_plain_pytorch_loop_learns_and_moves_psi(tmp_path):
+    """Masking op + bandit without fairseq: the validation loss falls and GP-TS plays more
+    than one ρ of the paper's grid."""
+    text = tmp_path / "text.txt"
+    text.write_text((SHARED_DATA / "linux" / "train.txt").read_text(encoding="utf-8", errors="replace")[:100_000],
+                    encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, EXAMPLES / "plain_pytorch.py", "--text", text, "--updates", "40",
+         "--interaction-updates", "10", "--length", "64", "--history", tmp_path / "history.jsonl"],
+        capture_output=True, text=True, env=one_thread_env(), timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    records = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [r["end_update"] for r in records] == [10, 20, 30, 40]
+    assert all(r["reward"] is not None for r in records)
+    assert records[-1]["val_loss"] < records[0]["val_loss"]
+    rhos = {r["psi"]["mask_prob"] for r in records}
+    assert len(rhos) > 1 and all(abs(20 * rho - round(20 * rho)) < 1e-9 for rho in rhos)  # grid of 0.05
