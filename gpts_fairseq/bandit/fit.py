@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .gp import ArmGP, GPNumericalError, check_choice, negative_mll
+from .gp import GPNumericalError, SurrogateGP, check_choice, negative_mll
 
 FIT_METHODS = ("lbfgs", "adam")
 
@@ -51,7 +51,7 @@ class FitResult:
     seconds: float
 
 
-def fit_hyperparameters(model: ArmGP, x: torch.Tensor, y: torch.Tensor, settings: FitSettings) -> FitResult:
+def fit_hyperparameters(model: SurrogateGP, x: torch.Tensor, y: torch.Tensor, settings: FitSettings) -> FitResult:
     """Refit ``model`` in place to (x, y). On a numerical failure the hyperparameters are put
     back as they were before the call and GPNumericalError is raised."""
     start = time.perf_counter()

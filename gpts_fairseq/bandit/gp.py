@@ -34,58 +34,100 @@ def check_choice(option: str, value: str, valid) -> str:
     return value
 
 
-class ArmGP(gpytorch.models.ExactGP):
-    """Exact GP over ``input_dim`` unit-cube inputs (arm coordinates, then any context)."""
+def base_kernel(kind: str, num_dims: int, *, ard: bool = True, priors: str = "none", active_dims=None):
+    """An RBF or Matérn-5/2 kernel over ``num_dims`` inputs (``active_dims`` of the GP's
+    inputs: only for a kernel called directly, as ScaleKernel.forward bypasses its base's),
+    with BoTorch's classic Gamma(3, 6) length-scale prior when ``priors="gamma"``."""
+    check_choice("kernel", kind, KERNELS)
+    options = {"ard_num_dims": num_dims if ard else None, "active_dims": active_dims}
+    if check_choice("priors", priors, PRIORS) == "gamma":
+        options["lengthscale_prior"] = gpytorch.priors.GammaPrior(3.0, 6.0)
+    if kind == "rbf":
+        return gpytorch.kernels.RBFKernel(**options)
+    return gpytorch.kernels.MaternKernel(nu=2.5, **options)
 
-    def __init__(self, input_dim: int, *, kernel: str = "rbf", mean: str = "zero", ard: bool = True,
-                 priors: str = "none"):
+
+def scaled(kernel: gpytorch.kernels.Kernel, priors: str = "none", active_dims=None) -> gpytorch.kernels.ScaleKernel:
+    """``kernel`` times an output-scale (Gamma(2, 0.15) prior when ``priors="gamma"``), reading
+    the ``active_dims`` of the GP's inputs (all when None)."""
+    prior = gpytorch.priors.GammaPrior(2.0, 0.15) if priors == "gamma" else None
+    return gpytorch.kernels.ScaleKernel(kernel, outputscale_prior=prior, active_dims=active_dims)
+
+
+def dense_kernel(kernel: gpytorch.kernels.Kernel, x1: torch.Tensor, x2: torch.Tensor, *, diag: bool = False):
+    """``kernel(x1, x2)`` as a dense tensor without GPyTorch's lazy evaluation (which costs more
+    than the arithmetic at bandit sizes): an additive kernel summed part by part, each part on
+    its own ``active_dims``."""
+    if isinstance(kernel, gpytorch.kernels.AdditiveKernel):
+        return sum(dense_kernel(part, x1, x2, diag=diag) for part in kernel.kernels)
+    if kernel.active_dims is not None:
+        x1, x2 = x1[..., kernel.active_dims], x2[..., kernel.active_dims]
+    return to_dense(kernel.forward(x1, x2, diag=diag))
+
+
+class SurrogateGP(gpytorch.models.ExactGP):
+    """An exact GP on float64 with a Gaussian likelihood and a zero or constant mean; subclasses
+    set ``covar_module`` and the paper's initialisation of their kernels."""
+
+    def __init__(self, *, mean: str = "zero", priors: str = "none"):
         check_choice("priors", priors, PRIORS)
-        gamma = priors == "gamma"
-        noise_prior = gpytorch.priors.GammaPrior(1.1, 0.05) if gamma else None
+        noise_prior = gpytorch.priors.GammaPrior(1.1, 0.05) if priors == "gamma" else None
         super().__init__(None, None, gpytorch.likelihoods.GaussianLikelihood(noise_prior=noise_prior))
-        check_choice("kernel", kernel, KERNELS)
         check_choice("mean", mean, MEANS)
-        options = {"ard_num_dims": input_dim if ard else None}
-        if gamma:
-            options["lengthscale_prior"] = gpytorch.priors.GammaPrior(3.0, 6.0)
-        if kernel == "rbf":
-            base = gpytorch.kernels.RBFKernel(**options)
-        else:
-            base = gpytorch.kernels.MaternKernel(nu=2.5, **options)
-        outputscale_prior = gpytorch.priors.GammaPrior(2.0, 0.15) if gamma else None
-        self.covar_module = gpytorch.kernels.ScaleKernel(base, outputscale_prior=outputscale_prior)
         self.mean_module = gpytorch.means.ZeroMean() if mean == "zero" else gpytorch.means.ConstantMean()
-        self.double()
-        self.reset_hyperparameters()
 
     def forward(self, x):
         return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
 
     def reset_hyperparameters(self):
-        """The paper's initialisation: length-scale 0.25, output-scale 1, noise variance 1, mean 0."""
-        self.covar_module.base_kernel.lengthscale = PAPER_INIT["lengthscale"]
-        self.covar_module.outputscale = PAPER_INIT["outputscale"]
+        """The paper's initialisation: length-scale 0.25, output-scale 1 (each scaled part),
+        noise variance 1, mean 0."""
+        for module in self.covar_module.modules():
+            if isinstance(module, gpytorch.kernels.ScaleKernel):
+                module.outputscale = PAPER_INIT["outputscale"]
+            elif getattr(module, "has_lengthscale", False) and module.raw_lengthscale.requires_grad:  # fixed stay
+                module.lengthscale = PAPER_INIT["lengthscale"]
         self.likelihood.noise = PAPER_INIT["noise"]
         if isinstance(self.mean_module, gpytorch.means.ConstantMean):
             self.mean_module.constant.data.zero_()
 
     def kernel(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        return to_dense(self.covar_module.forward(x1, x2))
+        return dense_kernel(self.covar_module, x1, x2)
 
     def prior_mean(self, x: torch.Tensor) -> torch.Tensor:
         return self.mean_module(x)
 
     def summary(self) -> dict:
-        """The hyperparameters as plain numbers, for logs."""
-        lengthscale = self.covar_module.base_kernel.lengthscale.detach().reshape(-1).tolist()
-        summary = {
-            "lengthscale": lengthscale,
-            "outputscale": float(self.covar_module.outputscale.detach()),
-            "noise": float(self.likelihood.noise.detach()),
-        }
+        """The noise (and constant mean) as plain numbers, for logs; subclasses add their kernels'."""
+        summary = {"noise": float(self.likelihood.noise.detach())}
         if isinstance(self.mean_module, gpytorch.means.ConstantMean):
             summary["mean"] = float(self.mean_module.constant.detach())
         return summary
+
+
+def scale_summary(kernel: gpytorch.kernels.ScaleKernel) -> tuple[list, float]:
+    """(length-scales, output-scale) of a scaled kernel, as plain numbers (of the first factor
+    when the scaled kernel is a product)."""
+    inner = kernel.base_kernel
+    if isinstance(inner, gpytorch.kernels.ProductKernel):
+        inner = inner.kernels[0]
+    return inner.lengthscale.detach().reshape(-1).tolist(), float(kernel.outputscale.detach())
+
+
+class ArmGP(SurrogateGP):
+    """Exact GP over ``input_dim`` unit-cube inputs (arm coordinates, then any context): one
+    scaled RBF or Matérn-5/2 kernel."""
+
+    def __init__(self, input_dim: int, *, kernel: str = "rbf", mean: str = "zero", ard: bool = True,
+                 priors: str = "none"):
+        super().__init__(mean=mean, priors=priors)
+        self.covar_module = scaled(base_kernel(kernel, input_dim, ard=ard, priors=priors), priors)
+        self.double()
+        self.reset_hyperparameters()
+
+    def summary(self) -> dict:
+        lengthscale, outputscale = scale_summary(self.covar_module)
+        return {"lengthscale": lengthscale, "outputscale": outputscale, **super().summary()}
 
 
 def robust_cholesky(matrix: torch.Tensor, what: str, jitters=TRAIN_JITTERS) -> tuple[torch.Tensor, float]:
@@ -111,13 +153,13 @@ def robust_cholesky(matrix: torch.Tensor, what: str, jitters=TRAIN_JITTERS) -> t
     raise GPNumericalError(f"{what} is not positive definite even with jitter {jitters[-1]} x mean(diag)")
 
 
-def _train_factor(model: ArmGP, x: torch.Tensor) -> torch.Tensor:
+def _train_factor(model: SurrogateGP, x: torch.Tensor) -> torch.Tensor:
     """Cholesky factor of K(x, x) + noise * I (differentiable in the hyperparameters)."""
     matrix = model.kernel(x, x) + torch.diag_embed(model.likelihood.noise.expand(x.shape[0]))
     return robust_cholesky(matrix, "the kernel matrix of the observations")[0]
 
 
-def negative_mll(model: ArmGP, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def negative_mll(model: SurrogateGP, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """-log p(y | x, hyperparameters) / n: the loss GPyTorch's ExactMarginalLogLikelihood gives."""
     n = y.shape[0]
     factor = _train_factor(model, x)
@@ -131,17 +173,18 @@ def negative_mll(model: ArmGP, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor
 
 
 @torch.no_grad()
-def posterior(model: ArmGP, x: torch.Tensor, y: torch.Tensor, test_x: torch.Tensor, *, diag: bool = False):
+def posterior(model: SurrogateGP, x: torch.Tensor, y: torch.Tensor, test_x: torch.Tensor, *, diag: bool = False,
+              component: gpytorch.kernels.Kernel | None = None):
     """Mean and covariance of the latent function at ``test_x`` given (x, y): the full matrix,
-    or only its diagonal (the variances) with ``diag=True``."""
-    mean = model.prior_mean(test_x)
-    if diag:
-        covariance = to_dense(model.covar_module.forward(test_x, test_x, diag=True))
-    else:
-        covariance = model.kernel(test_x, test_x)
+    or only its diagonal (the variances) with ``diag=True``. With ``component`` (one zero-mean
+    summand of an additive ``model.covar_module``), of that summand alone: the same formulas
+    with its kernel in the prior and cross-covariance terms."""
+    kernel = model.covar_module if component is None else component
+    mean = model.prior_mean(test_x) if component is None else test_x.new_zeros(test_x.shape[0])
+    covariance = dense_kernel(kernel, test_x, test_x, diag=diag)
     if y.shape[0] > 0:
         factor = _train_factor(model, x)
-        cross = model.kernel(x, test_x)
+        cross = dense_kernel(kernel, x, test_x)
         alpha = torch.cholesky_solve((y - model.prior_mean(x)).unsqueeze(-1), factor)
         mean = mean + (cross.transpose(0, 1) @ alpha).squeeze(-1)
         whitened = torch.linalg.solve_triangular(factor, cross, upper=False)

@@ -24,12 +24,14 @@ from ..masking.spec import PSI_FIELDS, Psi
 from .arms import ArmSpace
 from .fit import FitSettings, fit_hyperparameters
 from .gp import ArmGP, GPNumericalError, check_choice, posterior, single_thread
+from .reward_model import REWARD_MODELS, TrendGP, trend_inputs
+from .rewards import ROBUST_CLIP, robust_standardise
 from .thompson import interaction_generator, thompson_draw
 
 POLICIES = ("constant", "schedule", "random", "gp-ts")
 SCHEDULE_SHAPES = ("linear", "cosine", "step")
 CONTEXTS = ("none", "progress")
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: previous arms, start losses and the reward model
 FAIRSEQ_DEFAULT_PSI = {"mask_prob": 0.15, "leave_unmasked_prob": 0.1, "random_token_prob": 0.1}
 ANKNER_END_PSI = FAIRSEQ_DEFAULT_PSI
 ANKNER_START_PSI = {**FAIRSEQ_DEFAULT_PSI, "mask_prob": 0.30}
@@ -223,83 +225,132 @@ class RandomPolicy(Policy):
 
 
 class GPThompsonPolicy(Policy):
-    """GP-TS: refit a GP to the standardised rewards after each observation (type-II ML);
-    decide by one joint posterior draw over the candidate arms, then argmax.
+    """GP-TS: refit a GP to the rewards after each observation (type-II ML); decide by one
+    joint posterior draw over the candidate arms, then argmax.
 
     Defaults differ from the paper where a measurement says so (benchmarks/nonstationary.py,
     tests/test_bandit.py): BoTorch's classic Gamma priors on length-scale, output-scale
     and noise (MAP instead of plain ML-II, which with a handful of noisy rewards often lands
     on "all noise" or vanishing length-scales), fitted by warm-started L-BFGS. The paper's
-    set-up is ``priors="none", fit=FitSettings.paper()``.
+    set-up is ``priors="none", fit=FitSettings.paper()``. The GP sees the rewards robustly
+    standardised (``rewards.robust_standardise``: median/MAD, clipped at ±3.5, a BanditWarning
+    when a new reward is clipped), so one diverging interaction cannot dominate it.
 
-    ``context="progress"`` adds training progress as a GP input (contextual GP-TS: rewards of
-    past interactions inform the present through a learned length-scale in time);
-    ``window=W`` fits only the last W observations (forgets the early regime).
+    ``reward_model="arm"`` (the paper's): a GP over the arms; ``context="progress"`` adds
+    training progress as an input (contextual GP-TS), ``window=W`` fits the last W
+    observations only. ``reward_model="trend"``: the additive GP of ``reward_model.TrendGP``,
+    reward = trend(progress, log start loss) + arm effect (fading over ``forgetting`` progress
+    units if given) [+ carry-over of the previous arm with ``payback=True``: off by default,
+    as it raised the regret on benchmarks/nonstationary.py's development seeds, 8.1 vs 6.2];
+    it needs ``start_loss`` in ``observe``.
+
+    The trend model draws the arm effect alone, from its own posterior at the current
+    progress (``posterior(..., component=arm_effect)``), and reports it as ``posterior_mean``
+    (a reward difference, not a predicted reward). A joint draw of the whole reward at the
+    current state would pick the argmax with the same law — trend and carry-over are common
+    to every candidate — but it needs the loss at the decision, and their extrapolated
+    variance, shared by all candidates and large next to the arm effect's, sets the jitter
+    that the sample's Cholesky adds (relative to the mean variance), blurring the arm effect.
     """
 
     name = "gp-ts"
 
     def __init__(self, space=None, seed=0, *, kernel="rbf", mean="zero", ard=True, priors="gamma",
-                 context="none", window=None, fit: FitSettings | Mapping | None = None):
+                 context="none", window=None, reward_model="arm", payback=False, forgetting=None,
+                 fit: FitSettings | Mapping | None = None):
         super().__init__(space, seed)
         self.context = check_choice("context", context, CONTEXTS)
+        self.reward_model = check_choice("reward_model", reward_model, REWARD_MODELS)
         if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
             raise ValueError(f"window must be None or an integer >= 1, got {window!r}")
         self.window = window
+        if not isinstance(payback, bool):
+            raise ValueError(f"payback must be True or False, got {payback!r}")
+        if forgetting is not None:
+            if isinstance(forgetting, bool) or not isinstance(forgetting, (int, float)) or not 0 < forgetting < math.inf:
+                raise ValueError(f"forgetting must be None or a time scale > 0 in progress units, got {forgetting!r}")
+            forgetting = float(forgetting)
+        if self.reward_model == "trend" and self.context != "none":
+            raise ValueError("context must be 'none' with reward_model 'trend' (the trend model already sees "
+                             f"progress), got {self.context!r}")
+        if self.reward_model == "arm" and forgetting is not None:
+            raise ValueError(f"forgetting needs reward_model 'trend', got forgetting={forgetting!r} with 'arm'")
+        self.payback, self.forgetting = payback, forgetting
         if fit is None or isinstance(fit, Mapping):
             fit = FitSettings(**(fit or {}))
         if not isinstance(fit, FitSettings):
             raise ValueError(f"fit must be a FitSettings or a dict of its fields, got {type(fit).__name__}")
         self.fit_settings = fit
         self.kernel, self.mean, self.ard, self.priors = kernel, mean, bool(ard), priors
-        self.input_dim = len(self.space.dims) + (self.context == "progress")
-        self.model = ArmGP(self.input_dim, kernel=kernel, mean=mean, ard=self.ard, priors=priors)
         dims = len(self.space.dims)
+        if self.reward_model == "trend":
+            self.model = TrendGP(dims, kernel=kernel, mean=mean, ard=self.ard, priors=priors, payback=payback,
+                                 forgetting=forgetting)
+        else:
+            self.model = ArmGP(dims + (self.context == "progress"), kernel=kernel, mean=mean, ard=self.ard,
+                               priors=priors)
         self.arms = torch.empty(0, dims, dtype=torch.float64)
+        self.previous_arms = torch.empty(0, dims, dtype=torch.float64)  # the arm observed before each
         self.rewards = torch.empty(0, dtype=torch.float64)
         self.progress = torch.empty(0, dtype=torch.float64)
+        self.start_losses = torch.empty(0, dtype=torch.float64)  # NaN where none was given
         self.last_fit = {"fit_time_s": 0.0, "fit_failed": False, "fit_error": None}
 
     def config(self):
         fit = self.fit_settings
         return {**super().config(), "kernel": self.kernel, "mean": self.mean, "ard": self.ard, "priors": self.priors,
-                "context": self.context, "window": self.window,
+                "context": self.context, "window": self.window, "reward_model": self.reward_model,
+                "payback": self.payback, "forgetting": self.forgetting,
                 "fit": {"method": fit.method, "max_iter": fit.max_iter, "tolerance": fit.tolerance,
                         "lr": fit.lr, "warm_start": fit.warm_start}}
 
     # -- data ---------------------------------------------------------------------------------
 
-    def _inputs(self, arms: torch.Tensor, progress: torch.Tensor) -> torch.Tensor:
+    def _inputs(self, arms, progress, start_losses, previous_arms):
         unit = self.space.to_unit(arms)
+        if self.reward_model == "trend":
+            previous = self.space.to_unit(previous_arms) if self.payback else None
+            return trend_inputs(unit, progress, start_losses, previous)
         if self.context == "progress":
             unit = torch.cat([unit, progress.reshape(-1, 1)], dim=1)
         return unit
 
     def _training_data(self):
-        """Inputs, standardised rewards and the (shift, scale) that standardised them."""
-        arms, rewards, progress = self.arms, self.rewards, self.progress
+        """Inputs, robustly standardised rewards, the (shift, scale) that standardised them
+        and which rewards were clipped."""
+        columns = (self.arms, self.rewards, self.progress, self.start_losses, self.previous_arms)
         if self.window is not None:
-            arms, rewards, progress = arms[-self.window :], rewards[-self.window :], progress[-self.window :]
-        shift = float(rewards.mean()) if rewards.numel() else 0.0
-        scale = float(rewards.std(correction=0)) if rewards.numel() > 1 else 0.0
-        scale = scale if scale > 0.0 and math.isfinite(scale) else 1.0
-        return self._inputs(arms, progress), (rewards - shift) / scale, shift, scale
+            columns = tuple(column[-self.window :] for column in columns)
+        arms, rewards, progress, start_losses, previous_arms = columns
+        y, shift, scale, clipped = robust_standardise(rewards)
+        return self._inputs(arms, progress, start_losses, previous_arms), y, shift, scale, clipped
 
     def observe(self, arm, reward, progress=0.0, start_loss=None):
         arm = torch.as_tensor(arm, dtype=torch.float64).reshape(-1)
         self.space.psi(arm)
         progress = _check_progress(progress)
-        _check_start_loss(start_loss)
+        start_loss = _check_start_loss(start_loss)
         if reward is None or not math.isfinite(float(reward)):
             return False
+        if self.reward_model == "trend" and start_loss is None:
+            raise ValueError("reward_model 'trend' needs start_loss (the reference loss at the start of the "
+                             "interaction) with every reward")
+        previous = self.arms[-1] if self.arms.shape[0] else arm
         self.arms = torch.cat([self.arms, arm.unsqueeze(0)])
+        self.previous_arms = torch.cat([self.previous_arms, previous.unsqueeze(0)])
         self.rewards = torch.cat([self.rewards, torch.tensor([float(reward)], dtype=torch.float64)])
         self.progress = torch.cat([self.progress, torch.tensor([progress], dtype=torch.float64)])
+        loss = math.nan if start_loss is None else start_loss
+        self.start_losses = torch.cat([self.start_losses, torch.tensor([loss], dtype=torch.float64)])
         self._refit()
         return True
 
     def _refit(self):
-        x, y, _, _ = self._training_data()
+        x, y, shift, scale, clipped = self._training_data()
+        if clipped.numel() and bool(clipped[-1]):
+            warnings.warn(f"gp-ts: reward {float(self.rewards[-1]):.6g} lies {abs(float(self.rewards[-1]) - shift) / scale:.1f} "
+                          f"robust standard deviations from the median {shift:.6g}; the GP sees it clipped to "
+                          f"±{ROBUST_CLIP}", BanditWarning, stacklevel=3)
         with single_thread():
             try:
                 result = fit_hyperparameters(self.model, x, y, self.fit_settings)
@@ -312,17 +363,29 @@ class GPThompsonPolicy(Policy):
 
     # -- decisions ----------------------------------------------------------------------------
 
-    def _candidate_inputs(self, progress):
+    def _candidate_posterior(self, progress, *, diag):
+        """Posterior (mean, covariance or variances) over the candidates at ``progress``, and the
+        (shift, scale) back to reward units: of the reward (arm model) or of the arm effect
+        (trend model: the state columns are placeholders its kernel does not read)."""
+        x, y, shift, scale, _ = self._training_data()
         candidates = self.space.candidates
-        return self._inputs(candidates, torch.full((len(candidates),), progress, dtype=torch.float64))
+        count = len(candidates)
+        state = torch.full((count,), progress, dtype=torch.float64)
+        component = None
+        if self.reward_model == "trend":
+            component, shift = self.model.arm_effect, 0.0
+            test_x = self._inputs(candidates, state, torch.ones(count, dtype=torch.float64), candidates)
+        else:
+            test_x = self._inputs(candidates, state, None, None)
+        mean, covariance = posterior(self.model, x, y, test_x, diag=diag, component=component)
+        return mean, covariance, shift, scale, int(y.shape[0])
 
     def _choose(self, interaction, progress, start_loss):
         start = time.perf_counter()
-        x, y, shift, scale = self._training_data()
-        info = {**self.last_fit, "observations": int(y.shape[0]), "jitter": None, "fallback_reason": None}
+        info = {**self.last_fit, "observations": int(self.rewards.shape[0]), "jitter": None, "fallback_reason": None}
         with single_thread():
             try:
-                mean, covariance = posterior(self.model, x, y, self._candidate_inputs(progress))
+                mean, covariance, shift, scale, info["observations"] = self._candidate_posterior(progress, diag=False)
                 generator = interaction_generator(self.seed, interaction, "gp-ts")
                 index, info["jitter"] = thompson_draw(mean, covariance, generator)
                 info["posterior_mean"] = float(mean[index]) * scale + shift
@@ -340,29 +403,29 @@ class GPThompsonPolicy(Policy):
         return arm, self.space.psi(arm), info
 
     def posterior(self, progress=0.0):
-        """(arms [m, d], mean [m], std [m]) of the reward (in reward units) over the candidates."""
+        """(arms [m, d], mean [m], std [m]) over the candidates, in reward units: of the reward
+        (arm model) or of the arm effect (trend model)."""
         progress = _check_progress(progress)
-        x, y, shift, scale = self._training_data()
         with single_thread():
-            mean, variance = posterior(self.model, x, y, self._candidate_inputs(progress), diag=True)
+            mean, variance, shift, scale, _ = self._candidate_posterior(progress, diag=True)
         return self.space.candidates.clone(), mean * scale + shift, variance.clamp_min(0.0).sqrt() * scale
 
     # -- state --------------------------------------------------------------------------------
 
     def state_dict(self):
-        return {**super().state_dict(), "arms": self.arms.clone(), "rewards": self.rewards.clone(),
-                "progress": self.progress.clone(),
+        return {**super().state_dict(), "arms": self.arms.clone(), "previous_arms": self.previous_arms.clone(),
+                "rewards": self.rewards.clone(), "progress": self.progress.clone(),
+                "start_losses": self.start_losses.clone(),
                 "model": {name: value.clone() for name, value in self.model.state_dict().items()},
                 "last_fit": dict(self.last_fit)}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        self.arms = state["arms"].to(torch.float64).clone()
-        self.rewards = state["rewards"].to(torch.float64).clone()
-        self.progress = state["progress"].to(torch.float64).clone()
+        for name in ("arms", "previous_arms", "rewards", "progress", "start_losses"):
+            setattr(self, name, state[name].to(torch.float64).clone())
         self.model.load_state_dict(state["model"])
         self.last_fit = dict(state["last_fit"])
-        x, y, _, _ = self._training_data()
+        x, y, _, _, _ = self._training_data()
         self.model.set_train_data(x, y, strict=False)
 
 

@@ -4,11 +4,21 @@
 its printed formula corrected (a lower loss gives a positive reward). ``difference``:
 r = l_prev - l, what the authors' code computes. A missing or non-finite loss gives no reward
 (``None``): the caller keeps the arm, warns, and does not feed the bandit.
+
+``robust_standardise`` is how the GP sees the rewards: centred on their median, scaled by
+their MAD, clipped at ±ROBUST_CLIP, so that one reward far outside the others (a diverging
+run gives rewards like -126,235) moves the fit by a bounded amount.
 """
 
 import math
 
+import torch
+
 REWARD_KINDS = ("relative", "difference")
+# Iglewicz & Hoaglin's outlier threshold for the modified z-score (MAD-based): Gaussian noise
+# crosses it about once in 2,000 rewards.
+ROBUST_CLIP = 3.5
+MAD_TO_SD = 1.4826  # the MAD of a Gaussian times this is its standard deviation
 
 
 def check_reward_kind(kind: str) -> str:
@@ -31,3 +41,19 @@ def compute_reward(prev_loss: float | None, loss: float | None, kind: str = "rel
     if prev_loss == 0.0:
         return None
     return (prev_loss - loss) / prev_loss
+
+
+def robust_standardise(rewards: torch.Tensor, clip: float = ROBUST_CLIP):
+    """(standardised rewards, centre, scale, clipped mask): (r - median) / (1.4826 MAD),
+    clipped to [-clip, clip]. The scale falls back to the standard deviation when over half
+    the rewards are equal (MAD 0), and to 1 when that is 0 too."""
+    if rewards.numel() == 0:
+        return rewards.clone(), 0.0, 1.0, torch.zeros(0, dtype=torch.bool)
+    centre = float(rewards.quantile(0.5))  # the median, midpoint of the two middle ones for even n
+    scale = MAD_TO_SD * float((rewards - centre).abs().quantile(0.5))
+    if not (scale > 0.0 and math.isfinite(scale)):
+        scale = float(rewards.std(correction=0))
+    if not (scale > 0.0 and math.isfinite(scale)):
+        scale = 1.0
+    z = (rewards - centre) / scale
+    return z.clamp(-clip, clip), centre, scale, z.abs() > clip
