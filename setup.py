@@ -64,8 +64,9 @@ setup(
     python_requires=">=3.9",
     # torch and fairseq are not listed: the user's own builds are kept (see the Makefile).
     install_requires=["numpy", "gpytorch>=1.11", "matplotlib"],
-    # tensorboard: fairseq's --tensorboard-logdir writer and the test's event reader (no torch dep)
-    extras_require={"test": ["pytest>=7", "hypothesis>=6", "tensorboard>=2.10"]},
+    # tensorboard: fairseq's --tensorboard-logdir writer and the test's event reader;
+    # sentencepiece: examples/pretrain_from_raw_text.sh --sentencepiece (neither depends on torch)
+    extras_require={"test": ["pytest>=7", "hypothesis>=6", "tensorboard>=2.10", "sentencepiece>=0.1.99"]},
     entry_points={"console_scripts": ["gpts-report = gpts_fairseq.report.cli:main"]},
     ext_modules=[masking_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True), "build_py": BuildPyWithHook,

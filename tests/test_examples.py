@@ -89,17 +89,22 @@ def run_script(*args, check=True):
     return proc
 
 
-@pytest.mark.parametrize("tokenizer", ["chars", "gpt2-bpe"])
+@pytest.mark.parametrize("tokenizer", ["chars", "gpt2-bpe", "sentencepiece"])
 def test_raw_text_to_gp_ts_run(tmp_path, tokenizer):
+    if tokenizer == "sentencepiece":
+        pytest.importorskip("sentencepiece")
     train, valid = raw_text(tmp_path)
-    vocabulary = ["--gpt2-bpe", *gpt2_files(tmp_path)] if tokenizer == "gpt2-bpe" else ["--chars"]
+    vocabulary = {"chars": ["--chars"], "sentencepiece": ["--sentencepiece", "200"]}.get(tokenizer)
     out = tmp_path / "run"
-    run_script("--train", train, "--valid", valid, "--out", out, *vocabulary, "--", *TINY_TRAIN)
-    dictionary = (out / "data-bin" / "dict.txt").read_text().splitlines()
+    run_script("--train", train, "--valid", valid, "--out", out, *(vocabulary or ["--gpt2-bpe", *gpt2_files(tmp_path)]),
+               "--", *TINY_TRAIN)
+    dictionary = [line.split()[0] for line in (out / "data-bin" / "dict.txt").read_text().splitlines()]
     if tokenizer == "gpt2-bpe":
         assert len(dictionary) == 259  # the given dict.txt, unchanged: 256 bytes + 3 merges
+    elif tokenizer == "chars":
+        assert "\u2581" in dictionary  # spaces became the ▁ character token
     else:
-        assert "\u2581 " in "\n".join(dictionary)  # spaces became the ▁ character token
+        assert 100 < len(dictionary) <= 200 and any(piece.startswith("\u2581") and len(piece) > 1 for piece in dictionary)
     records = history(out / "checkpoints")
     assert [r["end_update"] for r in records] == [2, 4]
     assert all(r["reward"] is not None for r in records)
