@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from omegaconf import II
 
 SELECTORS = ("full", "ingenious", "random-fixed", "random-online")
 GREEDY_MODES = ("lazy", "stochastic")
@@ -48,6 +49,9 @@ class SubsetConfig(FairseqDataclass):
         default=1.0,
         metadata={"help": "ingenious: temperature T of the Taylor-softmax 1 + g/T + (g/T)^2/2 over the greedy "
                           "gains g, > 0"})
+
+    train_subset: str = II("dataset.train_subset")
+    no_save: bool = II("checkpoint.no_save")
 
 
 def subsets_enabled(cfg) -> bool:

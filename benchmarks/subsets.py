@@ -1,0 +1,343 @@
+"""Does an informative subset (INGENIOUS) pre-train as well as the full data? Pre-registered.
+
+Protocol (written before any run; not re-tuned after):
+
+- **Model and data**: the tiny RoBERTa of ``benchmarks/pretrain.py`` (``pretrain.model_args``:
+  2 layers, 128 wide, char tokens, batches of 16 x 128, lr 2e-3 with 10 % warm-up and linear
+  decay, no dropout), one thread, on the three corpora of ``corpora.py``, each cut to its first
+  ``MAX_LINES`` lines (~2,500 blocks of 128 characters, so 45 runs fit in about an hour).
+- **Budget**: one full-data epoch of updates per corpus (blocks / 16), the same for every arm.
+- **Arms** (``ARMS``): ``full`` (plain gpts_mlm); 25 % subsets with one random warm-up epoch
+  (the authors warm-start on the full data; a 25 % epoch of the full data's random stream is
+  the same thing at this budget), then: ``random-fixed`` (one uniform subset), ``random-online``
+  (a new uniform subset every epoch), ``ingenious`` (temperature 1, the authors' default) and
+  ``ingenious-t10`` (temperature 10: flatter sampling, closer to random), both selecting once,
+  after the warm-up, for the rest of the budget (a feature pass over every block costs about a
+  third of a full-data epoch here; the authors reselect every 25K of their steps, i.e. rarely).
+  Partitions of 2,000 blocks; features: mean-pooled middle-layer states; exact lazy greedy.
+- **Seeds** 1, 2, 3 (same seed = same initial model, same validation masks).
+- **Measure**: the reference-masking validation loss (rho 0.15, fixed masks, the first 12
+  validation batches, bits) every 20 updates and at the budget. Reported per corpus and arm:
+  final loss mean ± std, and the same-seed difference to ``full`` (mean, seeds lower).
+  Selection cost (feature pass and greedy, summed over the run's selections) in seconds and in
+  update-equivalents (seconds / the run's measured seconds per update).
+- **Pass criteria** (decided now): (1) INGENIOUS matches full data: its same-seed difference
+  to ``full`` is <= +0.01 bits on average on every corpus; (2) INGENIOUS beats random: its
+  final loss is lower than ``random-online``'s on >= 7 of the 9 same-seed pairs. Either may
+  fail; the README reports the numbers as they come.
+- **Selection cost figure**: war-and-peace cut to ~20,000 blocks, partitions of 2,000:
+  the greedy (and, separately, the feature pass) against one epoch's training time (blocks /
+  16 updates at the measured seconds per update of the same run). Target: the greedy under
+  10 % of the epoch.
+
+Results: ``benchmarks/results/subsets/<corpus>/<arm>/seed<k>.json`` (a finished run is
+skipped, so the suite resumes), ``timing.json``, ``summary.md`` and ``delta_vs_full.png``.
+
+    python benchmarks/subsets.py --jobs 1          # all 45 runs and the timing run (resumable)
+    python benchmarks/subsets.py --summary-only    # tables and the plot from the JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import corpora  # noqa: E402
+import pretrain  # noqa: E402  (model_args: the same tiny RoBERTa as the masking comparison)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_RESULTS = REPO_ROOT / "benchmarks" / "results" / "subsets"
+DEFAULT_WORK = Path(os.environ.get("GPTS_WORK_ROOT", Path.home() / ".cache" / "gpts-fairseq" / "runs")) / "subsets"
+MAX_LINES = {"wikitext-2": 725, "linux": 11250, "war-and-peace": 5300}  # ~320 k characters each
+TIMING_LINES = 41400  # war-and-peace: ~2.56 M characters, ~20,000 blocks
+SEEDS = (1, 2, 3)
+FRACTION = 0.25
+VALIDATE_UPDATES = 20
+EVAL_BATCHES = 12
+BATCH_SIZE = 16
+TOKENS_PER_SAMPLE = 128
+SUBSET = ["--subset-fraction", str(FRACTION), "--subset-warmup-epochs", "1", "--subset-partition-size", "2000"]
+ONCE = ["--subset-resample-epochs", "3"]  # one selection after the warm-up, kept to the budget
+ARMS = {
+    "full": [],
+    "random-fixed": ["--subset-selector", "random-fixed", *SUBSET],
+    "random-online": ["--subset-selector", "random-online", "--subset-resample-epochs", "1", *SUBSET],
+    "ingenious": ["--subset-selector", "ingenious", "--subset-temperature", "1", *ONCE, *SUBSET],
+    "ingenious-t10": ["--subset-selector", "ingenious", "--subset-temperature", "10", *ONCE, *SUBSET],
+}
+SELECTION_LOG = re.compile(r"subset of epoch (\d+): (\S+), (\d+) of (\d+) blocks "
+                           r"\(features ([\d.]+) s, greedy ([\d.]+) s\)")
+
+
+def data_dir(corpus: str, max_lines: int) -> Path:
+    return corpora.prepare(corpus, tokenizer="char", max_lines=max_lines)
+
+
+def epoch_updates(data: Path) -> int:
+    """Updates in one full-data epoch: masked_lm cuts the token stream (one eos per line) into
+    blocks of TOKENS_PER_SAMPLE - 1 and prepends bos; BATCH_SIZE blocks an update."""
+    info = json.loads((data / "prepared.json").read_text())
+    blocks = -(-(info["train_tokens"] + info["train_lines"]) // (TOKENS_PER_SAMPLE - 1))
+    return -(-blocks // BATCH_SIZE)
+
+
+def train_args(data: Path, save_dir: Path, arm: str, seed: int, budget: int) -> list[str]:
+    return [
+        corpora._fairseq_tool("fairseq-train"), str(data),
+        "--task", "gpts_mlm", "--criterion", "gpts_masked_lm",
+        *pretrain.model_args(pretrain.Settings(budget_updates=budget)),
+        *ARMS[arm],
+        "--gpts-valid-masking", "reference", "--max-valid-steps", str(EVAL_BATCHES - 1),
+        "--validate-interval-updates", str(VALIDATE_UPDATES), "--validate-interval", "1000000",
+        "--seed", str(seed), "--cpu", "--num-workers", "0", "--no-save", "--save-dir", str(save_dir),
+        "--log-format", "json", "--log-interval", "20",
+    ]
+
+
+def parse_log(text: str) -> dict:
+    """Validation curve, seconds per update and the selections, from fairseq-train's output."""
+    curve, wall, updates = [], 0.0, None
+    for line in text.splitlines():
+        for tag in ("valid", "train"):
+            marker = f"| {tag} | "
+            if marker in line:
+                record = json.loads(line.split(marker, 1)[1])
+                if tag == "valid":
+                    curve.append((int(record["valid_num_updates"]), float(record["valid_loss"])))
+                else:
+                    wall += float(record["train_train_wall"])  # per epoch
+                    updates = int(record["train_num_updates"])  # cumulative
+    selections = [dict(zip(("epoch", "kind", "size", "count", "feature_s", "greedy_s"),
+                           (int(m[1]), m[2], int(m[3]), int(m[4]), float(m[5]), float(m[6]))))
+                  for m in SELECTION_LOG.finditer(text)]
+    return {"curve": sorted(set(curve)), "train_wall_s": wall, "updates": updates, "selections": selections}
+
+
+def result_path(results: Path, corpus: str, arm: str, seed: int) -> Path:
+    return results / corpus / arm / f"seed{seed}.json"
+
+
+def _train(cmd: list[str], save_dir: Path) -> tuple[str, float]:
+    if save_dir.exists():  # an interrupted attempt: start over
+        shutil.rmtree(save_dir)
+    save_dir.mkdir(parents=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=save_dir)
+    wall = time.perf_counter() - start
+    output = proc.stdout + proc.stderr
+    (save_dir / "stdout.log").write_text(output)
+    if proc.returncode != 0 and "done training in" not in output:
+        raise RuntimeError(f"fairseq-train failed, see {save_dir}/stdout.log:\n{output[-3000:]}")
+    return output, wall
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def run_one(corpus: str, arm: str, seed: int, results: Path, work: Path) -> Path:
+    out = result_path(results, corpus, arm, seed)
+    if out.exists():
+        return out
+    data = data_dir(corpus, MAX_LINES[corpus])
+    budget = epoch_updates(data)
+    cmd = train_args(data, work / corpus / arm / f"seed{seed}", arm, seed, budget)
+    output, wall = _train(cmd, work / corpus / arm / f"seed{seed}")
+    run = parse_log(output)
+    if not run["curve"] or run["curve"][-1][0] != budget:
+        raise RuntimeError(f"{corpus} {arm} seed {seed}: no validation at update {budget}")
+    seconds_per_update = run["train_wall_s"] / run["updates"]
+    selection_s = sum(s["feature_s"] + s["greedy_s"] for s in run["selections"])
+    _write_json(out, {"corpus": corpus, "arm": arm, "seed": seed, "budget_updates": budget,
+                      "max_lines": MAX_LINES[corpus], "args": ARMS[arm], "wall_s": wall,
+                      "seconds_per_update": seconds_per_update, "selection_s": selection_s,
+                      "selection_update_equivalents": selection_s / seconds_per_update, **run})
+    print(f"{corpus} {arm} seed {seed}: final {run['curve'][-1][1]:.4f} bits, {wall:.0f} s", flush=True)
+    return out
+
+
+def run_timing(results: Path, work: Path) -> Path:
+    """Selection of a ~20K-block corpus in partitions of 2,000 against one epoch of training."""
+    out = results / "timing.json"
+    if out.exists():
+        return out
+    data = data_dir("war-and-peace", TIMING_LINES)
+    updates = 60
+    cmd = train_args(data, work / "timing", "ingenious", 1, updates)
+    cmd[cmd.index("--subset-warmup-epochs") + 1] = "0"  # select before the first update
+    output, _ = _train(cmd, work / "timing")
+    run = parse_log(output)
+    selection = run["selections"][0]
+    seconds_per_update = run["train_wall_s"] / run["updates"]
+    epoch_s = -(-selection["count"] // BATCH_SIZE) * seconds_per_update
+    _write_json(out, {"blocks": selection["count"], "partition_size": 2000, "feature_s": selection["feature_s"],
+                      "greedy_s": selection["greedy_s"], "seconds_per_update": seconds_per_update,
+                      "epoch_train_s": epoch_s, "greedy_share_of_epoch": selection["greedy_s"] / epoch_s,
+                      "feature_share_of_epoch": selection["feature_s"] / epoch_s})
+    return out
+
+
+def load(results: Path, corpus: str) -> dict:
+    runs = {}
+    for path in sorted((results / corpus).glob("*/seed*.json")):
+        run = json.loads(path.read_text())
+        runs.setdefault(run["arm"], {})[run["seed"]] = run
+    return runs
+
+
+def _final(run: dict) -> float:
+    return run["curve"][-1][1]
+
+
+def corpus_rows(runs: dict) -> list[dict]:
+    full = runs.get("full", {})
+    rows = []
+    for arm in ARMS:
+        if arm not in runs:
+            continue
+        seeds = sorted(runs[arm])
+        finals = [_final(runs[arm][s]) for s in seeds]
+        deltas = [_final(runs[arm][s]) - _final(full[s]) for s in seeds if s in full]
+        rows.append({"arm": arm, "seeds": len(seeds), "final_mean": statistics.mean(finals),
+                     "final_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
+                     "delta_mean": statistics.mean(deltas) if deltas else None,
+                     "delta_lower": sum(d < 0 for d in deltas), "delta_pairs": len(deltas),
+                     "selection_s": statistics.mean(runs[arm][s]["selection_s"] for s in seeds),
+                     "selection_updates": statistics.mean(runs[arm][s]["selection_update_equivalents"] for s in seeds),
+                     "budget": runs[arm][seeds[0]]["budget_updates"]})
+    return rows
+
+
+def criteria(per_corpus: dict) -> list[str]:
+    lines = []
+    complete = all(len(runs.get(arm, {})) == len(SEEDS) for runs in per_corpus.values()
+                   for arm in ("full", "ingenious", "random-online")) and len(per_corpus) == len(corpora.CORPORA)
+    deltas = {corpus: [row["delta_mean"] for row in corpus_rows(runs) if row["arm"] == "ingenious"]
+              for corpus, runs in per_corpus.items()}
+    worst = max((d[0] for d in deltas.values() if d and d[0] is not None), default=None)
+    verdict = "incomplete" if not complete else ("PASS" if worst <= 0.01 else "FAIL")
+    lines.append(f"- (1) INGENIOUS within +0.01 bits of full data on every corpus: **{verdict}** "
+                 f"(worst corpus mean difference {'n/a' if worst is None else f'{worst:+.4f}'} bits)")
+    wins = pairs = 0
+    for runs in per_corpus.values():
+        for seed, run in runs.get("ingenious", {}).items():
+            other = runs.get("random-online", {}).get(seed)
+            if other is not None:
+                pairs += 1
+                wins += _final(run) < _final(other)
+    verdict = "incomplete" if not complete else ("PASS" if wins >= 7 else "FAIL")
+    lines.append(f"- (2) INGENIOUS lower than random-online on >= 7 of 9 same-seed pairs: **{verdict}** "
+                 f"({wins} of {pairs})")
+    return lines
+
+
+def plot(per_corpus: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(per_corpus), figsize=(5 * len(per_corpus), 3.6), squeeze=False)
+    for ax, (corpus, runs) in zip(axes[0], per_corpus.items()):
+        full = runs.get("full", {})
+        for arm in ARMS:
+            if arm == "full" or arm not in runs:
+                continue
+            curves = []
+            for seed, run in runs[arm].items():
+                if seed in full:
+                    base = dict(full[seed]["curve"])
+                    curves.append({u: loss - base[u] for u, loss in run["curve"] if u in base})
+            updates = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+            if updates:
+                ax.plot(updates, [statistics.mean(c[u] for c in curves) for u in updates], label=arm)
+        ax.axhline(0.0, color="grey", lw=0.8)
+        ax.set_title(corpus)
+        ax.set_xlabel("update")
+        ax.set_ylabel("valid loss − full data's (bits, same seed)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_summary(results: Path) -> Path:
+    per_corpus = {c: load(results, c) for c in corpora.CORPORA}
+    per_corpus = {c: runs for c, runs in per_corpus.items() if runs}
+    lines = ["# Informative subsets: 25 % of the blocks vs the full data, one full-data epoch of updates", "",
+             "Final: reference validation loss (bits) at the budget, mean ± std over seeds. Δ full: minus "
+             "`full`'s with the same seed (mean; seeds lower). Selection: feature passes + greedy over the "
+             "run, seconds and update-equivalents (seconds / the run's seconds per update).", ""]
+    lines += criteria(per_corpus) + [""]
+    table = {}
+    for corpus, runs in per_corpus.items():
+        rows = corpus_rows(runs)
+        table[corpus] = rows
+        lines += [f"## {corpus} (budget {rows[0]['budget']} updates)", "",
+                  "| arm | seeds | final | Δ full | selection (s) | selection (updates) |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for row in rows:
+            delta = "–" if row["arm"] == "full" or row["delta_mean"] is None else \
+                f"{row['delta_mean']:+.4f} ({row['delta_lower']}/{row['delta_pairs']})"
+            lines.append(f"| {row['arm']} | {row['seeds']} | {row['final_mean']:.4f} ± {row['final_std']:.4f} | "
+                         f"{delta} | {row['selection_s']:.1f} | {row['selection_updates']:.0f} |")
+        lines.append("")
+    timing = results / "timing.json"
+    if timing.exists():
+        t = json.loads(timing.read_text())
+        lines += ["## Selection cost at 20K blocks", "",
+                  f"{t['blocks']} blocks in partitions of {t['partition_size']}: greedy {t['greedy_s']:.1f} s "
+                  f"({100 * t['greedy_share_of_epoch']:.1f} % of one epoch's training, {t['epoch_train_s']:.0f} s), "
+                  f"feature pass {t['feature_s']:.1f} s ({100 * t['feature_share_of_epoch']:.1f} %).", ""]
+    if per_corpus:
+        plot(per_corpus, results / "delta_vs_full.png")
+        lines.append("![validation loss minus full data's, same seed](delta_vs_full.png)")
+    _write_json(results / "summary.json", {"criteria": criteria(per_corpus), "tables": table})
+    path = results / "summary.md"
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", nargs="+", default=list(corpora.CORPORA), choices=corpora.CORPORA)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
+    parser.add_argument("--summary-only", action="store_true")
+    parser.add_argument("--skip-timing", action="store_true")
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    if not args.summary_only:
+        jobs = [(c, a, s) for s in args.seeds for c in args.corpus for a in args.arms]  # seed-major
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for future in [pool.submit(run_one, c, a, s, args.results, args.work) for c, a, s in jobs]:
+                future.result()
+        if not args.skip_timing:
+            run_timing(args.results, args.work)
+    write_summary(args.results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""The fairseq hooks of subset training, as a mixin of the task (gpts_mlm).
+
+fairseq builds an epoch's batches in ``get_batch_iterator`` (before ``begin_epoch``; on resume
+before the task's state is restored): the epoch's subset is chosen there, in the main process,
+and handed to fairseq as a dataset whose ``ordered_indices`` returns it.
+"""
+
+import logging
+
+from .dataset import EpochSubsetDataset
+from .epochs import EpochSubsets
+from .options import subsets_enabled, validate_subset_config
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_KEY = "subset"
+
+
+class SubsetTaskMixin:
+    """Needs ``cfg`` to hold the ``SubsetConfig`` fields, ``save_dir``, ``seed`` and
+    ``max_epoch``; call ``init_subsets`` in ``__init__`` (after the dictionary is known)."""
+
+    def init_subsets(self, cfg, pad_idx: int) -> None:
+        validate_subset_config(cfg)
+        self.subsets = EpochSubsets(cfg, cfg.save_dir, pad_idx, write=not cfg.no_save) if subsets_enabled(cfg) else None
+        self._subset_model = None
+
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        self._subset_model = model  # the features of a selection come from the model being trained
+        return model
+
+    def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, epoch=1, **kwargs):
+        beyond_training = 0 < self.cfg.max_epoch < epoch  # fairseq asks for one epoch more than it trains
+        if self.subsets is None or beyond_training or dataset is not self.datasets.get(self.cfg.train_subset):
+            return super().get_batch_iterator(dataset, max_tokens=max_tokens, max_sentences=max_sentences,
+                                              epoch=epoch, **kwargs)
+        if self._subset_model is None and self.cfg.subset_selector == "ingenious":
+            raise ValueError("--subset-selector ingenious needs the model: build it with the task's build_model")
+
+        def feature_batches():  # fixed by the data and the batch size only (not by the rank count)
+            return dataset.batch_by_size(dataset.ordered_indices(), max_tokens=max_tokens,
+                                         max_sentences=max_sentences)
+
+        indices = self.subsets.for_epoch(epoch, dataset, self._subset_model, feature_batches)
+        return super().get_batch_iterator(EpochSubsetDataset(dataset, indices.numpy()), max_tokens=max_tokens,
+                                          max_sentences=max_sentences, epoch=epoch, **kwargs)
+
+    def subset_checkpoint_state(self) -> dict:
+        """The one entry of the task's checkpoint dict: the selection in force and its hash."""
+        if self.subsets is None or self.subsets.selection_epoch is None:
+            return {}
+        return {CHECKPOINT_KEY: self.subsets.state_dict()}
+
+    def restore_subset_state(self, state: dict) -> None:
+        if self.subsets is not None and CHECKPOINT_KEY in state:
+            self.subsets.check_state(state[CHECKPOINT_KEY])
