@@ -14,9 +14,11 @@ import torch
 from conftest import PACKAGE_DIR, TINY_MODEL, json_log, run_fairseq
 from gpts_fairseq.bandit import ArmSpace, BanditWarning, make_policy
 from gpts_fairseq.bandit.loop import InteractionLoop
+from gpts_fairseq.masking import Psi
+from gpts_fairseq.tasks.interactions import InteractionController
 
 RECORDER = Path(__file__).resolve().parent / "fairseq_recorder.py"
-FIRST_PSI = {"mask_prob": 0.15, "leave_unmasked_prob": 0.1, "random_token_prob": 0.1}
+FIRST_PSI = Psi(0.15, 0.1, 0.1)
 GP_TS = ["--user-dir", PACKAGE_DIR, "--task", "gpts_mlm", "--criterion", "gpts_masked_lm", "--gpts-policy", "gp-ts",
          "--gpts-interaction-updates", "5", "--gpts-reward-batches", "3", "--num-workers", "0"]
 
@@ -102,7 +104,7 @@ def test_loop_non_finite_loss_keeps_arm_and_warns():
     loop.start(10.0)
     first = loop.finish(9.0, update=5, epoch=1, progress=0.1)
     assert first["reward"] == pytest.approx(0.1)
-    psi_before = dict(loop.psi)
+    psi_before = loop.psi
     with pytest.warns(BanditWarning, match="no reward"):
         record = loop.finish(float("nan"), update=10, epoch=1, progress=0.2)
     assert record["reward"] is None and record["val_loss"] is None
@@ -110,8 +112,9 @@ def test_loop_non_finite_loss_keeps_arm_and_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         record = loop.finish(8.0, update=15, epoch=1, progress=0.3)
-    assert record["prev_val_loss"] == 9.0  # measured against the last finite loss
-    assert record["reward"] == pytest.approx(1 / 9)
+    assert record["prev_val_loss"] == 9.0  # measured against the last finite loss,
+    assert record["reward_span"] == 2 and record["reward"] == pytest.approx(1 / 9 / 2)  # per interaction
+    assert loop.finish(7.0, update=20, epoch=1, progress=0.4)["reward_span"] == 1
 
 
 def test_loop_state_round_trip_through_torch_save(tmp_path):
@@ -129,3 +132,173 @@ def test_loop_state_round_trip_through_torch_save(tmp_path):
     a = loop.finish(8.8, update=20, epoch=1, progress=0.4)
     b = restored.finish(8.8, update=20, epoch=1, progress=0.4)
     assert without_timing([a]) == without_timing([b])
+
+
+# -- the interaction controller, in-process with a fake reference loss --------------------------
+
+def _controller(save_dir, *, policy="gp-ts", every=5, max_update=40, arms="rho", allow=False, **options):
+    loop = None if policy == "constant" else InteractionLoop(
+        make_policy(policy, space=ArmSpace.paper_grid(arms), seed=11), FIRST_PSI)
+    options = {"--gpts-policy": policy, "--gpts-arms": arms, **options}
+    return InteractionController(loop, FIRST_PSI, interaction_updates=every, max_update=max_update, max_epoch=0,
+                                 save_dir=save_dir, options=options, allow_option_change=allow)
+
+
+class _Wrapper(torch.nn.Module):
+    """Stands for DDP: the controller must hand the inner module to the measurement."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+
+def _fake_loss(calls, inner):
+    def measure(module):
+        assert module is inner
+        calls.append(module)
+        torch.rand(3)  # the global RNG must be left as it was
+        return 10.0 / (1 + 0.1 * len(calls))
+    return measure
+
+
+def _drive(controller, updates, calls, *, epoch=1):
+    """ψ per update, from the controller, for fairseq update numbers ``updates``."""
+    inner = torch.nn.Linear(2, 2)
+    model, psis = _Wrapper(inner), []
+    for update in updates:
+        rng = torch.get_rng_state()
+        psis.append(controller.step(model, update, epoch, measure=_fake_loss(calls, inner)))
+        assert torch.equal(torch.get_rng_state(), rng)
+    return psis
+
+
+def test_controller_interacts_at_boundaries_and_writes_history(tmp_path):
+    controller, calls = _controller(tmp_path), []
+    psis = _drive(controller, range(23), calls)
+    assert len(calls) == 5  # the start, then the boundaries 5, 10, 15, 20
+    history = read_history(tmp_path)
+    assert [(r["update"], r["end_update"]) for r in history] == [(0, 5), (5, 10), (10, 15), (15, 20)]
+    changes = [u for u in range(1, 23) if psis[u] != psis[u - 1]]
+    assert set(changes) <= {5, 10, 15, 20} and changes  # ψ changes at boundaries only, and does change
+    assert psis[-1] is controller.psi and psis[0] == FIRST_PSI
+
+
+def test_controller_constant_policy_never_measures(tmp_path):
+    controller, calls = _controller(tmp_path, policy="constant"), []
+    assert set(_drive(controller, range(12), calls)) == {FIRST_PSI} and not calls
+    assert "loop" not in controller.state_dict() and not (tmp_path / "gpts_history.jsonl").exists()
+
+
+def test_controller_resume_is_exact(tmp_path):
+    """Saved at update 17 (mid-interaction), loaded through torch.save/weights_only: the same ψ,
+    losses and history as without the interruption."""
+    full, calls_full = _controller(tmp_path / "full"), []
+    psis_full = _drive(full, range(33), calls_full)
+
+    first, calls = _controller(tmp_path / "resumed"), []
+    psis = _drive(first, range(17), calls)
+    torch.save({"state": first.state_dict()}, tmp_path / "ckpt.pt")
+    (tmp_path / "resumed" / "gpts_history.jsonl").write_text("written after the checkpoint\n")
+    resumed = _controller(tmp_path / "resumed")
+    resumed.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True)["state"])
+    assert resumed.psi == psis[-1]
+    psis += _drive(resumed, range(17, 33), calls)
+    assert psis == psis_full
+    assert without_timing(read_history(tmp_path / "resumed")) == without_timing(read_history(tmp_path / "full"))
+
+
+def test_controller_keeps_interaction_length_when_fairseq_restarts_its_update_count(tmp_path):
+    """--reset-optimizer: fairseq restarts at update 0; the interaction that was 2 updates
+    old at the checkpoint still ends after 5 updates, and the history stays in order."""
+    first, calls = _controller(tmp_path), []
+    _drive(first, range(12), calls)
+    state = first.state_dict()
+    resumed = _controller(tmp_path)
+    resumed.load_state_dict(state)
+    _drive(resumed, range(0, 14), calls)
+    history = read_history(tmp_path)
+    assert [(r["update"], r["end_update"]) for r in history] == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 25)]
+
+
+def _two_rank_worker(rank, port, tmp_path, results):
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        controller, calls = _controller(tmp_path / f"rank{rank}"), []
+        inner = torch.nn.Linear(2, 2)
+        measure = _fake_loss(calls, inner) if rank == 0 else None  # only rank 0 may measure
+        psis = [controller.step(inner, update, 1, measure=measure) for update in range(13)]
+        state = controller.state_dict()
+        # on resume every rank loads rank 0's checkpoint (fairseq saves on rank 0 only)
+        leader_state = [state if rank == 0 else None]
+        torch.distributed.broadcast_object_list(leader_state, src=0)
+        resumed = _controller(tmp_path / f"rank{rank}")
+        resumed.load_state_dict(leader_state[0])
+        psis += [resumed.step(inner, update, 1, measure=measure) for update in range(13, 22)]
+        results.put((rank, [p.as_dict() for p in psis], sorted(state["loop"]), len(calls)))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_controller_two_ranks_agree_with_gloo(tmp_path):
+    context = torch.multiprocessing.get_context("spawn")
+    results = context.SimpleQueue()
+    torch.multiprocessing.start_processes(_two_rank_worker, args=(_free_port(), tmp_path, results), nprocs=2,
+                                          start_method="spawn")
+    by_rank = dict((rank, rest) for rank, *rest in (results.get() for _ in range(2)))
+    (psis0, keys0, calls0), (psis1, keys1, calls1) = by_rank[0], by_rank[1]
+    assert psis0 == psis1 and len({json.dumps(p) for p in psis0}) > 1
+    assert calls0 == 5 and calls1 == 0
+    assert "policy" in keys0 and "history" in keys0
+    assert "policy" not in keys1 and "history" not in keys1  # a following rank holds ψ and counters only
+    assert not (tmp_path / "rank1" / "gpts_history.jsonl").exists()
+
+
+@pytest.mark.parametrize("changed, message", [
+    (dict(batches=3), "--gpts-reward-batches: checkpoint 21, now 3"),
+    (dict(policy="constant"), "--gpts-policy: checkpoint 'gp-ts', now 'constant'"),
+    (dict(arms="psi"), "--gpts-arms: checkpoint 'rho', now 'psi'"),
+])
+def test_resume_with_a_reward_option_changed_is_refused(tmp_path, changed, message):
+    first = _controller(tmp_path, **{"--gpts-reward-batches": 21})
+    _drive(first, range(12), [])
+    options = {"--gpts-reward-batches": changed.pop("batches", 21)}
+    with pytest.raises(ValueError, match="resuming would change what the rewards mean") as error:
+        _controller(tmp_path, **changed, **options).load_state_dict(first.state_dict())
+    assert message in str(error.value) and "--gpts-allow-option-change" in str(error.value)
+
+
+def test_allowed_option_change_restarts_the_interaction_and_notes_it(tmp_path):
+    first = _controller(tmp_path, **{"--gpts-reward-batches": 21})
+    psis = _drive(first, range(12), [])
+    resumed = _controller(tmp_path, allow=True, **{"--gpts-reward-batches": 3})
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.psi == psis[-1]  # the bandit's configuration still fits: it keeps its observations and ψ
+    calls = []
+    _drive(resumed, range(12, 21), calls)
+    assert len(calls) == 3  # a fresh start loss at update 12 (the old one was measured on 21 batches), then 15, 20
+    history = read_history(tmp_path)
+    assert [(r["interaction"], r["update"], r["end_update"]) for r in history] == [
+        (0, 0, 5), (1, 5, 10), (2, 12, 15), (3, 15, 20)]
+    assert history[1]["note"] == "resumed with other options: --gpts-reward-batches: checkpoint 21, now 3"
+
+
+def test_allowed_switch_to_constant_plays_its_own_psi(tmp_path):
+    """--gpts-policy constant from a gp-ts checkpoint trains at --mask-prob, not the bandit's ψ."""
+    bandit = _controller(tmp_path)
+    psis = _drive(bandit, range(23), [])
+    assert psis[-1] != FIRST_PSI
+    constant, calls = _controller(tmp_path, policy="constant", allow=True), []
+    constant.load_state_dict(bandit.state_dict())
+    assert set(_drive(constant, range(23, 40), calls)) == {FIRST_PSI} and not calls
+    history = read_history(tmp_path)
+    assert len(history) == 4 and "--gpts-policy: checkpoint 'gp-ts', now 'constant'" in history[-1]["note"]
+
+
+def test_allowed_change_of_arm_space_starts_the_bandit_afresh(tmp_path):
+    bandit = _controller(tmp_path)
+    _drive(bandit, range(23), [])
+    resumed = _controller(tmp_path, arms="psi", allow=True)
+    resumed.load_state_dict(bandit.state_dict())
+    assert resumed.psi == FIRST_PSI and resumed.loop.policy.rewards.numel() == 0
+    _drive(resumed, range(23, 31), [])
+    assert [r["interaction"] for r in read_history(tmp_path)] == [0, 1, 2, 3, 4, 5]

@@ -134,6 +134,14 @@ def test_gpts_criterion_equals_masked_lm(tiny_corpus):
     (["--gpts-policy", "schedule", "--gpts-schedule-end", "0.1,0.2"], "--gpts-schedule-end must be 3 comma-separated"),
     (["--gpts-policy", "schedule"], "set --max-update or --max-epoch"),
     (["--gpts-interaction-updates", "-3"], "--gpts-interaction-updates must be an integer >= 0"),
+    # a masking that selects nothing has no loss, so no reward
+    (["--mask-prob", "0"], "--mask-prob must be > 0"),
+    (["--gpts-ref-mask-prob", "0"], "--gpts-ref-mask-prob must be > 0"),
+    (["--gpts-policy", "gp-ts", "--gpts-arm-bounds", "0,0.5"], "--gpts-arm-bounds lower bound must be > 0"),
+    (["--gpts-policy", "random", "--gpts-arms", "psi", "--gpts-arm-bounds", "0,0.5", "--gpts-arm-step", "0"],
+     "--gpts-arm-bounds lower bound must be > 0"),
+    (["--gpts-policy", "schedule", "--max-update", "10", "--gpts-schedule-end", "0,0.1,0.1"],
+     "--gpts-schedule-end rho must be > 0"),
 ])
 def test_bad_options_name_the_option(tiny_corpus, extra, message):
     with pytest.raises(ValueError) as error:
@@ -185,3 +193,20 @@ def _plain_dictionary_dir(tmp_path):
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "dict.txt").write_text("hello 5\nworld 3\n")
     return tmp_path / "plain"
+
+
+def test_ignored_or_clipped_options_are_said_once(tiny_corpus, caplog):
+    """--gpts-schedule-end without the schedule policy, and more reward batches than the
+    validation set has, each give one warning."""
+    with caplog.at_level("WARNING"):
+        _, task = _setup(tiny_corpus, "--gpts-schedule-end", "0.3,0.1,0.1")
+    assert [r.getMessage() for r in caplog.records if "--gpts-schedule-end" in r.getMessage()] == [
+        "--gpts-schedule-end 0.3,0.1,0.1 is ignored with --gpts-policy constant: only --gpts-policy schedule reads it"]
+    caplog.clear()
+    _, task = _setup(tiny_corpus, "--gpts-reward-batches", "5000")
+    with caplog.at_level("WARNING"):
+        batches = task._reward_sample()
+        assert task._reward_sample() is batches
+    warned = [r.getMessage() for r in caplog.records if "--gpts-reward-batches" in r.getMessage()]
+    assert warned == [f"--gpts-reward-batches 5000: the validation set 'valid' has {len(batches)} batches; "
+                      f"the reward uses all of them"] and 0 < len(batches) < 5000

@@ -1,8 +1,12 @@
 """Criterion ``gpts_masked_lm``: fairseq's masked_lm loss, unchanged, plus masking statistics.
 
 The loss is computed by fairseq's own ``MaskedLmLoss.forward`` (so it is bit-identical to
-``--criterion masked_lm`` for the same masks); the model's logits are recorded on the way to
-split the loss over ``<mask>``, random-token and unchanged positions, and to log ψ.
+``--criterion masked_lm`` for the same masks). The model call is recorded on the way: its
+logits and the ``masked_tokens`` it was asked to project, so the loss can be split over
+``<mask>``, random-token and unchanged positions knowing exactly which position each logit
+row belongs to. Every statistic is a tensor (no host synchronisation per batch); they are
+summed across workers and divided in ``reduce_metrics``, as fairseq's criteria do. ψ is not
+the criterion's business: the task logs it (whatever the criterion).
 """
 
 import math
@@ -16,16 +20,17 @@ from fairseq.logging import metrics
 KINDS = ("mask", "random", "kept")
 
 
-class _LogitsRecorder:
-    """Calls the model and keeps the logits it returns; everything else passes through."""
+class _ModelCallRecorder:
+    """Calls the model and keeps its logits and the ``masked_tokens`` it was given."""
 
     def __init__(self, model):
         self.model = model
         self.logits = None
+        self.masked_tokens = None
 
-    def __call__(self, *args, **kwargs):
-        output = self.model(*args, **kwargs)
-        self.logits = output[0]
+    def __call__(self, *args, masked_tokens=None, **kwargs):
+        output = self.model(*args, masked_tokens=masked_tokens, **kwargs)
+        self.logits, self.masked_tokens = output[0], masked_tokens
         return output
 
     def __getattr__(self, name):
@@ -35,52 +40,45 @@ class _LogitsRecorder:
 @register_criterion("gpts_masked_lm", dataclass=MaskedLmConfig)
 class GPTSMaskedLmLoss(MaskedLmLoss):
     def forward(self, model, sample, reduce=True):
-        recorder = _LogitsRecorder(model)
+        recorder = _ModelCallRecorder(model)
         loss, sample_size, logging_output = super().forward(recorder, sample, reduce)
-        logging_output.update(self._masking_statistics(sample, recorder.logits))
+        logging_output.update(self._masking_statistics(sample, recorder.logits, recorder.masked_tokens))
         return loss, sample_size, logging_output
 
-    def _masking_statistics(self, sample, logits):
-        """Counts and loss sums per kind of selected position, and ψ (weighted by sentences)."""
+    def _masking_statistics(self, sample, logits, masked_tokens):
+        """Per kind of selected position: how many, and their summed loss (nats), as tensors."""
         target = sample["target"]
         source = sample["net_input"]["src_tokens"]
         selected = target.ne(self.padding_idx)
-        stats = {"gpts_selected": selected.sum().item(),
-                 "gpts_tokens": source.ne(self.padding_idx).sum().item()}
-        mask_idx = getattr(self.task, "mask_idx", None)
         kinds = {
-            "mask": selected & source.eq(mask_idx),
-            "random": selected & source.ne(mask_idx) & source.ne(target),
+            "mask": selected & source.eq(self.task.mask_idx),
+            "random": selected & source.ne(self.task.mask_idx) & source.ne(target),
             "kept": selected & source.eq(target),
         }
+        stats = {"gpts_selected": selected.sum(), "gpts_tokens": source.ne(self.padding_idx).sum()}
         with torch.no_grad():
-            if logits.shape[0] == int(stats["gpts_selected"]):  # logits of the selected positions, in order
-                token_loss = F.cross_entropy(logits.float(), target[selected], reduction="none")
-                for kind, positions in kinds.items():
-                    stats[f"gpts_loss_{kind}"] = token_loss[positions[selected]].sum().item()
-                    stats[f"gpts_n_{kind}"] = positions.sum().item()
-        psi = sample.get("gpts_psi")
-        if psi is not None:
-            n = sample["nsentences"]
-            stats.update(gpts_psi_weight=n, gpts_rho=psi.mask_prob * n,
-                         gpts_gamma=psi.leave_unmasked_prob * n, gpts_lambda=psi.random_token_prob * n)
+            # the rows of ``logits`` are the positions masked_lm projected: ``masked_tokens`` (or all)
+            def projected(positions):
+                return (positions if masked_tokens is None else positions[masked_tokens]).reshape(-1)
+
+            token_loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), projected(target),
+                                         reduction="none", ignore_index=self.padding_idx)
+            for kind, positions in kinds.items():
+                stats[f"gpts_loss_{kind}"] = token_loss.masked_select(projected(positions)).sum()
+                stats[f"gpts_n_{kind}"] = positions.sum()
         return stats
 
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:
         MaskedLmLoss.reduce_metrics(logging_outputs)
+        if not any("gpts_tokens" in log for log in logging_outputs):
+            return
 
         def total(key):
             return sum(log.get(key, 0) for log in logging_outputs)
 
         tokens = total("gpts_tokens")
-        if tokens > 0:
-            metrics.log_scalar("selected_frac", total("gpts_selected") / tokens, tokens, round=4)
+        metrics.log_scalar("selected_frac", total("gpts_selected") / tokens, tokens, round=4)
         for kind in KINDS:
-            count = total(f"gpts_n_{kind}")
-            if count > 0:
-                metrics.log_scalar(f"loss_{kind}", total(f"gpts_loss_{kind}") / count / math.log(2), count, round=3)
-        weight = total("gpts_psi_weight")
-        if weight > 0:
-            for name in ("rho", "gamma", "lambda"):
-                metrics.log_scalar(f"psi_{name}", total(f"gpts_{name}") / weight, weight, round=3)
+            count = total(f"gpts_n_{kind}")  # a kind never played (weight 0) is not logged
+            metrics.log_scalar(f"loss_{kind}", total(f"gpts_loss_{kind}") / count / math.log(2), count, round=3)

@@ -1,7 +1,9 @@
 """Load finished (or running) pre-training runs: the bandit history, fairseq's JSON log, run.json.
 
 A run is a fairseq save dir holding any of
-- ``gpts_history.jsonl``: one JSON object per interaction (schema in docs/TEAM_NOTES.md);
+- ``gpts_history.jsonl``: one JSON object per finished interaction, :data:`RECORD_FIELDS` (the
+  one schema: the interaction controller checks each record with :func:`parse_interaction`
+  before writing it, gpts-report parses it with the same function);
 - ``train.log``: fairseq's ``--log-file`` written with ``--log-format json``. fairseq 0.12
   writes bare messages there (no time/level/tag prefix, and a stats line once per progress bar
   created so far, hence repeats): ``{"epoch": 1, "valid_loss": "8.894", ..., "valid_num_updates":
@@ -23,11 +25,31 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ..bandit.policies import FAIRSEQ_DEFAULT_PSI
+from ..masking.spec import PSI_FIELDS as PSI_DIMS
+
 HISTORY_FILE = "gpts_history.jsonl"
 LOG_FILE = "train.log"
 RUN_INFO_FILE = "run.json"
-PSI_DIMS = ("mask_prob", "leave_unmasked_prob", "random_token_prob")
-REFERENCE_PSI = {"mask_prob": 0.15, "leave_unmasked_prob": 0.1, "random_token_prob": 0.1}
+
+# The history record, name -> what it holds. ``update``/``end_update``: the updates where
+# ``psi`` started and ended; ``val_loss``: the reference-masking validation loss (bits) at
+# ``end_update``, null when not finite; ``prev_val_loss``: the one the reward starts from (at
+# ``update``, or earlier after a non-finite loss); ``reward``: null when a loss is missing;
+# ``reward_span``: interactions the reward covers (more than 1 after a non-finite loss; the
+# reward is divided by it); ``note``: what changed when the run was resumed with other options;
+# ``progress``: training progress at ``update``; ``next_psi``: chosen for the next interaction;
+# ``posterior_mean``/``posterior_std``: at the chosen arm, ``posterior``: over the arms (a ρ
+# slice for ψ) after this observation, null for non-GP policies.
+RECORD_FIELDS = {
+    "interaction": "count", "epoch": "count or null", "update": "count", "end_update": "count or null",
+    "progress": "number or null", "psi": "psi", "prev_val_loss": "number or null", "val_loss": "number or null",
+    "reward": "number or null", "reward_span": "count or null", "note": "text or null", "policy": "text or null",
+    "next_psi": "psi or null",
+    "decision_time_s": "number or null", "fallback": "flag or null", "posterior_mean": "number or null",
+    "posterior_std": "number or null", "posterior": "posterior or null",
+}
+REQUIRED_FIELDS = ("interaction", "update", "psi", "val_loss", "reward")
 
 _LOG_PAYLOAD = re.compile(r"(?:^|\|\s*[\w.-]+\s*\|\s*)(?P<payload>\{\".*\})\s*$")
 
@@ -135,7 +157,7 @@ class Run:
         if self.info.policy != "constant":
             return False
         psis = [self.info.psi] if self.info.psi else [i.psi for i in self.interactions]
-        return bool(psis) and all(_same_psi(p, REFERENCE_PSI) for p in psis)
+        return bool(psis) and all(_same_psi(p, FAIRSEQ_DEFAULT_PSI) for p in psis)
 
     def to_result(self) -> dict[str, Any]:
         """Plain-JSON summary (no posteriors), readable back with :func:`run_from_result`."""
@@ -216,32 +238,39 @@ def _posterior(value: Any, where: str) -> Posterior | None:
                                              for k, v in fixed.items()})
 
 
+def _check_field(name: str, value: Any, where: str) -> Any:
+    kind = RECORD_FIELDS[name]
+    if value is None and kind.endswith(" or null"):
+        return None
+    kind = kind.removesuffix(" or null")
+    if kind == "count":
+        return _integer(value, name, where)
+    if kind == "number":
+        return _number(value, name, where)
+    if kind == "psi":
+        return _psi(value, name, where)
+    if kind == "posterior":
+        return _posterior(value, where)
+    expected = {"text": str, "flag": bool}[kind]
+    if not isinstance(value, expected):
+        raise RunFormatError(f"{where}: {name!r} must be a {kind}, got {value!r}")
+    return value
+
+
 def parse_interaction(record: Any, where: str) -> Interaction:
-    """Validate one history record (a decoded JSON line) against the TEAM_NOTES schema."""
+    """Validate one history record (a decoded JSON line) against :data:`RECORD_FIELDS`."""
     if not isinstance(record, dict):
         raise RunFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    missing = {"interaction", "update", "psi", "val_loss", "reward"} - record.keys()
+    missing = set(REQUIRED_FIELDS) - record.keys()
     if missing:
         raise RunFormatError(f"{where}: missing key(s) {', '.join(sorted(missing))}")
-    update = _integer(record["update"], "update", where)
-    end_update = _integer(record.get("end_update"), "end_update", where, optional=True)
-    if end_update is not None and end_update < update:
-        raise RunFormatError(f"{where}: 'end_update' ({end_update}) is before 'update' ({update})")
-    policy = record.get("policy")
-    return Interaction(
-        interaction=_integer(record["interaction"], "interaction", where),
-        epoch=_integer(record.get("epoch"), "epoch", where, optional=True),
-        update=update,
-        end_update=end_update,
-        psi=_psi(record["psi"], "psi", where),
-        prev_val_loss=_number(record.get("prev_val_loss"), "prev_val_loss", where),
-        val_loss=_number(record["val_loss"], "val_loss", where),
-        reward=_number(record["reward"], "reward", where),
-        policy=policy if isinstance(policy, str) else None,
-        decision_time_s=_number(record.get("decision_time_s"), "decision_time_s", where),
-        posterior=_posterior(record.get("posterior"), where),
-        next_psi=_psi(record["next_psi"], "next_psi", where) if record.get("next_psi") is not None else None,
-    )
+    unknown = record.keys() - RECORD_FIELDS.keys()
+    if unknown:
+        raise RunFormatError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    fields = {name: _check_field(name, record.get(name), where) for name in RECORD_FIELDS}
+    if fields["end_update"] is not None and fields["end_update"] < fields["update"]:
+        raise RunFormatError(f"{where}: 'end_update' ({fields['end_update']}) is before 'update' ({fields['update']})")
+    return Interaction(**{name: fields[name] for name in Interaction.__dataclass_fields__})
 
 
 def read_history(path: Path) -> list[Interaction]:

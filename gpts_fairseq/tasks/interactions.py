@@ -1,0 +1,254 @@
+"""The interaction controller: runs the bandit's interaction loop inside fairseq's training.
+
+One job: decide, once per training step, whether an interaction ends, and if so get every
+data-parallel rank onto the same new ψ. It owns the ``InteractionLoop`` (the only owner of ψ),
+the history file, the rank agreement (rank 0 measures and decides, then broadcasts ψ and the
+boundary counters as one small float64 tensor; other ranks keep no bandit state), the RNG fork
+around the reward pass, the unwrapping of DDP, and its checkpoint sub-dict. The task gives it a
+"measure the reference loss" callable and calls ``step`` at the top of ``train_step``.
+
+The checkpoint keeps the options that define what a reward means (``options``); a resume with
+other values stops, naming the option, unless ``allow_option_change``: then the bandit keeps
+what it can (its observations when its configuration still fits), the interaction in progress
+restarts with a fresh reference loss, and the history's last record gets a ``note``.
+
+Bookkeeping is on a bandit clock = fairseq's (update, epoch) + an offset. The offset is 0 in an
+ordinary run and after an ordinary resume; when fairseq's counters restart
+(``--reset-optimizer`` sets the update count to 0, ``--reset-dataloader`` the epoch to 1), the
+offset keeps the bandit clock running on from the checkpoint, so the interaction in progress
+still lasts ``--gpts-interaction-updates`` updates and the history stays in order.
+"""
+
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+
+import torch
+from fairseq.distributed import utils as distributed_utils
+from fairseq.logging import metrics
+
+from ..bandit.loop import InteractionLoop
+from ..masking.spec import PSI_FIELDS, Psi
+from ..report.history import HISTORY_FILE, parse_interaction
+
+logger = logging.getLogger(__name__)
+
+STATE_FORMAT = 1
+_COUNTERS = ("interaction", "start_update", "start_epoch", "started")
+
+
+class InteractionController:
+    """``loop`` None: the constant policy, ψ = ``first_psi`` for good and no interaction."""
+
+    def __init__(self, loop: InteractionLoop | None, first_psi: Psi, *, interaction_updates: int,
+                 max_update: int, max_epoch: int, save_dir: str | None, options: Mapping | None = None,
+                 allow_option_change: bool = False):
+        self.loop = loop
+        self.options = dict(options or {})
+        self.allow_option_change = allow_option_change
+        self._constant_psi = None if loop is not None else first_psi
+        self.interaction_updates = interaction_updates
+        self.max_update, self.max_epoch = max_update, max_epoch
+        self.save_dir = save_dir
+        # bandit clock = fairseq's counter + offset; the last step seen (fairseq's counters)
+        self.update_offset, self.epoch_offset = 0, 0
+        self.next_update, self.epoch = 0, 1
+        self._saved_clock = None  # set by load_state_dict, applied at the next step
+
+    @property
+    def psi(self) -> Psi:
+        """The masking in force."""
+        return self._constant_psi if self.loop is None else self.loop.psi
+
+    def progress(self, update: int, epoch: int) -> float:
+        """Training progress in [0, 1] by fairseq's counters: by updates when --max-update is
+        set, else by epochs (so a schedule restarts with the optimizer after --reset-optimizer)."""
+        if self.max_update > 0:
+            return min(update / self.max_update, 1.0)
+        if self.max_epoch > 0:
+            return min((epoch - 1) / self.max_epoch, 1.0)
+        return 0.0
+
+    # -- the training step ----------------------------------------------------------------------
+
+    def step(self, model: torch.nn.Module, update: int, epoch: int,
+             measure: Callable[[torch.nn.Module], float]) -> Psi:
+        """Called before every update (by ``train_step``); returns the ψ to mask with. At an
+        interaction boundary rank 0 calls ``measure(unwrapped_model)`` with the global RNGs
+        forked (a resumed run measures at a different moment of the RNG stream than an
+        uninterrupted one), finishes the interaction and decides; every rank then agrees."""
+        self._apply_saved_clock(update, epoch)
+        self.next_update, self.epoch = update + 1, epoch
+        if self.loop is None:
+            return self.psi
+        clock_update, clock_epoch = update + self.update_offset, epoch + self.epoch_offset
+        starting = not self.loop.started
+        if not (starting or self._due(clock_update, clock_epoch)):
+            return self.psi
+        rank, world_size = data_parallel_rank_and_size()
+        if rank == 0:
+            with torch.random.fork_rng(devices=_initialised_cuda_devices()):
+                loss = measure(_unwrap(model))
+            if starting:
+                self.loop.start(loss, update=clock_update, epoch=clock_epoch, progress=self.progress(update, epoch))
+                logger.info(f"gpts: reference validation loss before interaction {self.loop.interaction}: {loss:.4f}")
+            else:
+                record = self.loop.finish(loss, update=clock_update, epoch=clock_epoch,
+                                          progress=self.progress(update, epoch))
+                self.write_history()
+                _log_interaction(record)
+        if world_size > 1:
+            self._agree()
+        return self.psi
+
+    def _due(self, update: int, epoch: int) -> bool:
+        if self.interaction_updates > 0:
+            return update % self.interaction_updates == 0 and update > self.loop.start_update
+        return epoch > self.loop.start_epoch
+
+    def _agree(self):
+        """Rank 0's ψ and counters, to every data-parallel rank: 7 float64 numbers (exact)."""
+        group = distributed_utils.get_data_parallel_group()
+        device = torch.device("cuda", torch.cuda.current_device()) \
+            if torch.distributed.get_backend(group) == "nccl" else torch.device("cpu")
+        loop = self.loop
+        boundary = torch.tensor([*(getattr(loop.psi, name) for name in PSI_FIELDS),
+                                 *(float(getattr(loop, name)) for name in _COUNTERS)],
+                                dtype=torch.float64, device=device)
+        torch.distributed.broadcast(boundary, src=torch.distributed.get_global_rank(group, 0), group=group)
+        if data_parallel_rank_and_size()[0] != 0:
+            values = boundary.tolist()
+            psi, (interaction, start_update, start_epoch, started) = values[:3], values[3:]
+            loop.follow(Psi(*psi), interaction=int(interaction), start_update=int(start_update),
+                        start_epoch=int(start_epoch), started=bool(started))
+
+    # -- history --------------------------------------------------------------------------------
+
+    def history_path(self) -> str:
+        return os.path.join(self.save_dir, HISTORY_FILE)
+
+    def write_history(self):
+        """Rewrite SAVE_DIR/gpts_history.jsonl from the loop's history (atomic), so the file
+        always matches the bandit state, also after a resume from an older checkpoint. Every
+        record is checked against the schema gpts-report reads."""
+        self._write_records(self.loop.history)
+
+    def _write_records(self, records):
+        if self.save_dir is None:
+            return
+        os.makedirs(self.save_dir, exist_ok=True)
+        tmp = self.history_path() + ".tmp"
+        with open(tmp, "w") as handle:
+            for number, record in enumerate(records):
+                parse_interaction(record, f"interaction record {number}")
+                handle.write(json.dumps(record) + "\n")
+        os.replace(tmp, self.history_path())
+
+    # -- checkpoint -----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Rank 0: the whole loop; other ranks: ψ and the counters (all they hold)."""
+        state = {"format": STATE_FORMAT, "update": self.next_update, "epoch": self.epoch,
+                 "update_offset": self.update_offset, "epoch_offset": self.epoch_offset, "options": dict(self.options)}
+        if self.loop is not None:
+            leader = data_parallel_rank_and_size()[0] == 0
+            state["loop"] = self.loop.state_dict() if leader else self.loop.boundary_state()
+        return state
+
+    def load_state_dict(self, state: Mapping):
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"interaction controller state format {state.get('format')!r} is not {STATE_FORMAT}")
+        self._saved_clock = (int(state["update"]), int(state["epoch"]),
+                             int(state["update_offset"]), int(state["epoch_offset"]))
+        changes = self._option_changes(state["options"])
+        leader = data_parallel_rank_and_size()[0] == 0
+        saved_loop = state.get("loop")
+        if changes:
+            self._resume_with_changes(saved_loop, changes, leader)
+        elif self.loop is not None:
+            if saved_loop is None:  # cannot happen with equal options: a constant run has no loop
+                raise ValueError("the checkpoint has no bandit state")
+            if leader:
+                self.loop.load_state_dict(saved_loop)
+                self.write_history()
+            else:
+                self.loop.load_boundary_state(saved_loop)
+
+    def _option_changes(self, saved: Mapping) -> list[str]:
+        """'--option: saved X, now Y' for every reward-defining option that differs; a
+        ValueError naming them unless changes are allowed."""
+        changes = [f"{name}: checkpoint {saved.get(name)!r}, now {self.options.get(name)!r}"
+                   for name in sorted(set(saved) | set(self.options)) if saved.get(name) != self.options.get(name)]
+        if changes and not self.allow_option_change:
+            raise ValueError(
+                "resuming would change what the rewards mean (" + "; ".join(changes) + "). Resume with the "
+                "checkpoint's values, start a new run in another --save-dir, or pass --gpts-allow-option-change "
+                "(the bandit keeps what still fits and notes the change in its history)")
+        return changes
+
+    def _resume_with_changes(self, saved_loop: Mapping | None, changes: list[str], leader: bool):
+        """Allowed option changes: keep the saved history and interaction count, the bandit's
+        observations when its configuration still fits; restart the interaction in progress."""
+        note = "resumed with other options: " + "; ".join(changes)
+        logger.warning(f"gpts: {note}")
+        history = [dict(record) for record in (saved_loop or {}).get("history", [])]
+        if history:
+            history[-1]["note"] = note
+        if self.loop is not None:
+            if leader and saved_loop is not None and "policy" in saved_loop:
+                try:
+                    self.loop.policy.load_state_dict(saved_loop["policy"])
+                    self.loop.psi = Psi(**saved_loop["psi"])
+                except ValueError as error:
+                    logger.warning(f"gpts: the bandit starts afresh from the first psi ({error})")
+            self.loop.history = history
+            self.loop.interaction = int(saved_loop["interaction"]) if saved_loop is not None else 0
+            self.loop.started = False  # measure a new start loss at the next step
+        if leader and self.save_dir is not None and (history or self.loop is not None):
+            self._write_records(history)
+
+    def _apply_saved_clock(self, update: int, epoch: int):
+        """After a resume: keep the bandit clock going where fairseq's counters went back."""
+        if self._saved_clock is None:
+            return
+        saved_update, saved_epoch, self.update_offset, self.epoch_offset = self._saved_clock
+        self._saved_clock = None
+        if update < saved_update:
+            self.update_offset += saved_update - update
+            logger.info(f"gpts: fairseq's update count restarted at {update} (checkpoint: {saved_update}); "
+                        f"the interactions continue from update {update + self.update_offset}")
+        if epoch < saved_epoch:
+            self.epoch_offset += saved_epoch - epoch
+
+
+def _log_interaction(record):
+    psi = ", ".join(f"{k}={v:.3f}" for k, v in record["next_psi"].items())
+    reward = "none" if record["reward"] is None else f"{record['reward']:.5f}"
+    logger.info(f"gpts: interaction {record['interaction']} (updates {record['update']}-"
+                f"{record['end_update']}): val loss {record['val_loss']}, reward {reward}, "
+                f"decision {1000 * record['decision_time_s']:.1f} ms; next {psi}")
+    values = {"gpts_reward": record["reward"], "gpts_decision_ms": 1000 * record["decision_time_s"],
+              "gpts_posterior_mean": record["posterior_mean"], "gpts_posterior_std": record["posterior_std"],
+              **{f"gpts_next_{name}": value for name, value in record["next_psi"].items()}}
+    for name, value in values.items():
+        if value is not None:
+            metrics.log_scalar(name, value, round=5)
+
+
+def data_parallel_rank_and_size() -> tuple[int, int]:
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return 0, 1
+    return distributed_utils.get_data_parallel_rank(), distributed_utils.get_data_parallel_world_size()
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside DDP and fairseq's proxy wrappers: rank 0 alone runs it, so no
+    collective may happen."""
+    while isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module
+    return model
+
+
+def _initialised_cuda_devices():
+    return [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
