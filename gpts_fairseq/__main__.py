@@ -69,6 +69,8 @@ def build_corpus(out: Path) -> Path:
 
 
 def demo(out: Path) -> int:
+    from .report.history import HISTORY_FILE, LOG_FILE
+
     out = out.resolve()
     started = time.time()
     print(f"[1/3] corpus: {DEMO_CORPUS_LINES} lines of this Python's standard library -> {out / 'data-bin'}")
@@ -76,10 +78,10 @@ def demo(out: Path) -> int:
     save = out / "run"
     print(f"[2/3] fairseq-train --task gpts_mlm --gpts-policy gp-ts (tiny RoBERTa, 400 updates, CPU) -> {save}")
     save.mkdir(parents=True, exist_ok=True)
-    for stale in ("train.log", "gpts_history.jsonl", "checkpoint_last.pt"):
+    for stale in (LOG_FILE, HISTORY_FILE, "checkpoint_last.pt"):
         (save / stale).unlink(missing_ok=True)  # the demo always starts from scratch
     command = [sys.executable, "-m", "fairseq_cli.train", str(data), *DEMO_TRAIN, "--save-dir", str(save),
-               "--log-file", str(save / "train.log")]
+               "--log-file", str(save / LOG_FILE)]
     with open(save / "stdout.log", "w") as log:
         proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
@@ -91,7 +93,7 @@ def demo(out: Path) -> int:
 
     code = report_main([str(save), "--out", str(out / "report"), "--title", "gpts-fairseq demo: GP-TS over rho"])
     print(f"done in {time.time() - started:.0f} s: report {out / 'report' / 'summary.md'}, "
-          f"history {save / 'gpts_history.jsonl'}")
+          f"history {save / HISTORY_FILE}")
     return code
 
 
