@@ -40,6 +40,7 @@ from ..bandit.policies import CONTEXTS, SCHEDULE_SHAPES
 from ..bandit.rewards import REWARD_KINDS
 from ..masking import MaskingSpec, Psi, mask_tokens
 from ..masking.spec import PSI_FIELDS
+from ..growth import hooks as growth
 from .interactions import InteractionController
 from .options import build_policy, reward_options, validate_config
 
@@ -213,7 +214,10 @@ class GPTSMaskedLMTask(MaskedLMTask):
                                      measure=lambda module: self.reference_loss(module, criterion))
         for name, value in zip(PSI_LOG_NAMES, (psi.mask_prob, psi.leave_unmasked_prob, psi.random_token_prob)):
             metrics.log_scalar(name, value, round=3)
-        sample = self.mask_sample(sample, psi, step=self.epoch)
+        # progressive growth (gpts_roberta_grow; others pass through): grow when due, then
+        # mask at full length and fold into the stage's rows
+        growth.before_update(model, optimizer, update_num, measure_loss=lambda module: self.reference_loss(module, criterion))
+        sample = growth.fold_rows(model, self.mask_sample(sample, psi, step=self.epoch), pad=self.source_dictionary.pad())
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
     def valid_step(self, sample, model, criterion):
