@@ -12,12 +12,14 @@ REF_OPTIONS = ("--gpts-ref-mask-prob", "--gpts-ref-leave-unmasked-prob", "--gpts
 ARM_POLICIES = ("random", "gp-ts")  # the policies that play the arms of --gpts-arm-*
 # The options that define what a reward means (and the bandit's state): a run resumed with
 # another value would mix two meanings, so the checkpoint keeps them and a resume compares.
+# The seed and the validation batching fix the reward batches and their masks.
 # A new reward-model option joins this list (its config field name).
 REWARD_OPTIONS = (
     "gpts_ref_mask_prob", "gpts_ref_leave_unmasked_prob", "gpts_ref_random_token_prob", "gpts_reward_batches",
     "gpts_reward", "gpts_valid_masking", "gpts_masking", "gpts_interaction_updates", "gpts_policy", "gpts_arms",
     "gpts_arm_bounds", "gpts_arm_step", "gpts_kernel", "gpts_context", "gpts_window", "gpts_schedule",
     "gpts_schedule_end",
+    "seed", "valid_subset", "max_tokens_valid", "batch_size_valid",
 )
 
 
@@ -27,11 +29,11 @@ def option_name(field: str) -> str:
 
 
 def reward_options(cfg) -> dict:
-    """The values of REWARD_OPTIONS, as plain numbers and strings (fairseq's choices are enums)."""
+    """The values of REWARD_OPTIONS, as plain numbers, strings and None (fairseq's choices are enums)."""
     values = {}
     for field in REWARD_OPTIONS:
         value = getattr(cfg, field)
-        values[option_name(field)] = value if isinstance(value, (int, float)) else str(value)
+        values[option_name(field)] = value if value is None or isinstance(value, (int, float)) else str(value)
     return values
 
 
