@@ -1,19 +1,25 @@
 """The trend-aware reward model (bandit/reward_model.py) and robust rewards: the additive GP
 finds a planted arm effect under a planted trend, its algebra matches GPyTorch's, its state
-round-trips, its decisions do not depend on threads, bad options are named, and one outlier
-reward has a bounded influence."""
+round-trips (policy and interaction loop), its decisions do not depend on threads, bad options
+(Python and fairseq) are named, and one outlier reward has a bounded influence."""
 
+import dataclasses
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from gpts_fairseq.bandit import ArmSpace, BanditWarning, make_policy
+from gpts_fairseq.bandit.loop import InteractionLoop
 from gpts_fairseq.bandit.gp import posterior
 from gpts_fairseq.bandit.reward_model import TrendGP
 from gpts_fairseq.bandit.rewards import ROBUST_CLIP, robust_standardise
 from gpts_fairseq.bandit.synthetic import TrendProblem
 from gpts_fairseq.bandit.thompson import interaction_generator
+from gpts_fairseq.masking import Psi
+from gpts_fairseq.tasks.gpts_mlm import GPTSMaskedLMConfig
+from gpts_fairseq.tasks.options import build_policy
 
 
 def feed(policy, problem, rounds, seed=0):
@@ -170,3 +176,61 @@ def test_one_outlier_reward_has_a_bounded_influence(reward_model):
     (_, mean_a, std_a), (_, mean_b, std_b) = posteriors
     assert torch.allclose(mean_a, mean_b, atol=1e-7) and torch.allclose(std_a, std_b, atol=1e-7)
     assert float(mean_a.abs().max()) < 0.1  # in reward units: nowhere near -126,235
+
+
+def _loop_run(tmp_path, stop=None, resume_from=None):
+    """Ten interactions through InteractionLoop with the trend model; losses fall with a trend
+    and faster at ρ near 0.35. Optionally saved after ``stop`` interactions, or resumed."""
+    def fresh():
+        return InteractionLoop(trend_policy(seed=6), Psi(0.15, 0.1, 0.1))
+
+    loop, loss = fresh(), 6.9
+    first = 0
+    if resume_from is not None:
+        loop.load_state_dict(torch.load(resume_from, weights_only=True))
+        first, loss = len(loop.history), loop.history[-1]["val_loss"]
+    else:
+        loop.start(loss)
+    for k in range(first, 10):
+        if k == stop:
+            torch.save(loop.state_dict(), tmp_path / "loop.pt")
+            return None
+        rho = loop.psi.as_dict()["mask_prob"]
+        loss *= 1 - (0.3 / (k + 1) ** 2 + 0.01 * (1 - abs(rho - 0.35)))
+        loop.finish(loss, update=10 * (k + 1), epoch=1, progress=(k + 1) / 10)
+    return [(r["psi"], r["reward"], r["next_psi"], r["posterior_mean"]) for r in loop.history]
+
+
+def test_resume_through_the_interaction_loop_is_exact(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BanditWarning)
+        full = _loop_run(tmp_path)
+        _loop_run(tmp_path, stop=6)
+        resumed = _loop_run(tmp_path, resume_from=tmp_path / "loop.pt")
+    assert resumed == full
+    assert len({str(next_psi) for _, _, next_psi, _ in full}) > 1  # the bandit did choose
+
+
+def _task_options(**values):
+    """The task's config fields with their defaults, as build_policy reads them."""
+    config = {f.name: f.default for f in dataclasses.fields(GPTSMaskedLMConfig) if f.default is not dataclasses.MISSING}
+    config.update(seed=1, max_update=100, max_epoch=0, gpts_policy="gp-ts")
+    config.update(values)
+    return SimpleNamespace(**config)
+
+
+def test_fairseq_options_build_the_trend_model():
+    policy = build_policy(_task_options(gpts_reward_model="trend", gpts_forgetting=0.5), Psi(0.15, 0.1, 0.1))
+    assert policy.config()["reward_model"] == "trend" and policy.config()["forgetting"] == 0.5
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"gpts_reward_model": "trend", "gpts_context": "progress"},
+     "--gpts-context progress cannot be combined with --gpts-reward-model trend"),
+    ({"gpts_forgetting": 0.5}, "--gpts-forgetting needs --gpts-reward-model trend"),
+    ({"gpts_reward_model": "trend", "gpts_forgetting": -1.0}, "--gpts-forgetting must be a time scale >= 0"),
+    ({"gpts_reward_model": "trend", "max_update": 0}, "--gpts-reward-model trend need the length of training"),
+])
+def test_bad_fairseq_options_are_named(values, message):
+    with pytest.raises(ValueError, match=message):
+        build_policy(_task_options(**values), Psi(0.15, 0.1, 0.1))

@@ -233,7 +233,7 @@ class GPThompsonPolicy(Policy):
     and noise (MAP instead of plain ML-II, which with a handful of noisy rewards often lands
     on "all noise" or vanishing length-scales), fitted by warm-started L-BFGS. The paper's
     set-up is ``priors="none", fit=FitSettings.paper()``. The GP sees the rewards robustly
-    standardised (``rewards.robust_standardise``: median/MAD, clipped at ±3.5, a BanditWarning
+    standardised (``rewards.robust_standardise``: median/MAD, clipped at ±10, a BanditWarning
     when a new reward is clipped), so one diverging interaction cannot dominate it.
 
     ``reward_model="arm"`` (the paper's): a GP over the arms; ``context="progress"`` adds

@@ -37,6 +37,7 @@ from ..bandit import POLICIES
 from ..bandit.loop import InteractionLoop
 from ..bandit.policies import FAIRSEQ_DEFAULT_PSI
 from ..bandit.policies import CONTEXTS, SCHEDULE_SHAPES
+from ..bandit.reward_model import REWARD_MODELS
 from ..bandit.rewards import REWARD_KINDS
 from ..masking import MaskingSpec, Psi, mask_tokens
 from ..masking.spec import PSI_FIELDS
@@ -103,6 +104,12 @@ class GPTSMaskedLMConfig(MaskedLMConfig):
         default="none", metadata={"help": "gp-ts: progress = training progress as an extra GP input"})
     gpts_window: int = field(
         default=0, metadata={"help": "gp-ts: fit only the last N observations; 0 = all"})
+    gpts_reward_model: ChoiceEnum(list(REWARD_MODELS)) = field(
+        default="arm", metadata={"help": "gp-ts: arm = a GP over the arms (the paper's); trend = the reward as a "
+                                         "trend in progress and the start loss plus an arm effect"})
+    gpts_forgetting: float = field(
+        default=0.0, metadata={"help": "gp-ts, --gpts-reward-model trend: evidence on the arm effect fades as "
+                                       "exp(-|t - t'| / this), t = progress; 0 = never"})
     gpts_kernel: ChoiceEnum(["rbf", "matern52"]) = field(default="rbf", metadata={"help": "gp-ts kernel"})
     gpts_allow_option_change: bool = field(
         default=False, metadata={"help": "resume even if an option that defines the rewards changed (the "

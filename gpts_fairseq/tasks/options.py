@@ -1,6 +1,7 @@
 """Checks and conversions of the ``--gpts-*`` options, done before any data is read."""
 
 import logging
+import math
 
 from ..bandit import ArmSpace, make_policy
 from ..masking.spec import PSI_FIELDS, Psi
@@ -18,7 +19,7 @@ REWARD_OPTIONS = (
     "gpts_ref_mask_prob", "gpts_ref_leave_unmasked_prob", "gpts_ref_random_token_prob", "gpts_reward_batches",
     "gpts_reward", "gpts_valid_masking", "gpts_masking", "gpts_interaction_updates", "gpts_policy", "gpts_arms",
     "gpts_arm_bounds", "gpts_arm_step", "gpts_kernel", "gpts_context", "gpts_window", "gpts_schedule",
-    "gpts_schedule_end",
+    "gpts_schedule_end", "gpts_reward_model", "gpts_forgetting",
     "seed", "valid_subset", "max_tokens_valid", "batch_size_valid",
 )
 
@@ -95,13 +96,29 @@ def build_policy(cfg, first: Psi):
         end = _selects_something("--gpts-schedule-end rho", parse_psi_list("--gpts-schedule-end", cfg.gpts_schedule_end))
         options = dict(psi_start=first.as_dict(), psi_end=end.as_dict(), shape=str(cfg.gpts_schedule))
     elif cfg.gpts_policy == "gp-ts":
-        options = dict(kernel=str(cfg.gpts_kernel), context=str(cfg.gpts_context), window=cfg.gpts_window or None)
-    needs_progress = cfg.gpts_policy == "schedule" or (cfg.gpts_policy == "gp-ts" and cfg.gpts_context == "progress")
+        options = dict(kernel=str(cfg.gpts_kernel), context=str(cfg.gpts_context), window=cfg.gpts_window or None,
+                       **_reward_model_options(cfg))
+    needs_progress = cfg.gpts_policy == "schedule" or (
+        cfg.gpts_policy == "gp-ts" and (cfg.gpts_context == "progress" or cfg.gpts_reward_model == "trend"))
     if needs_progress and cfg.max_update <= 0 and cfg.max_epoch <= 0:
-        raise ValueError("--gpts-policy schedule and --gpts-context progress need the length of training: "
-                         "set --max-update or --max-epoch")
+        raise ValueError("--gpts-policy schedule, --gpts-context progress and --gpts-reward-model trend need the "
+                         "length of training: set --max-update or --max-epoch")
     # str(): fairseq's choice options are enums, the bandit's state holds plain strings
     return make_policy(str(cfg.gpts_policy), space=arm_space(cfg, first), seed=int(cfg.seed), **options)
+
+
+def _reward_model_options(cfg) -> dict:
+    """--gpts-reward-model and --gpts-forgetting as the gp-ts policy's options, checked."""
+    model, forgetting = str(cfg.gpts_reward_model), cfg.gpts_forgetting
+    if not 0.0 <= forgetting < math.inf:
+        raise ValueError(f"--gpts-forgetting must be a time scale >= 0 in units of training progress "
+                         f"(0 = never forget), got {forgetting}")
+    if forgetting > 0 and model != "trend":
+        raise ValueError(f"--gpts-forgetting needs --gpts-reward-model trend, got --gpts-reward-model {model}")
+    if model == "trend" and cfg.gpts_context != "none":
+        raise ValueError(f"--gpts-context {cfg.gpts_context} cannot be combined with --gpts-reward-model trend "
+                         "(the trend model already sees training progress)")
+    return {"reward_model": model, "forgetting": forgetting or None}
 
 
 def arm_space(cfg, first: Psi) -> ArmSpace:
