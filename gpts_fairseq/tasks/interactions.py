@@ -54,7 +54,7 @@ class InteractionController:
         # bandit clock = fairseq's counter + offset; the last step seen (fairseq's counters)
         self.update_offset, self.epoch_offset = 0, 0
         self.next_update, self.epoch = 0, 1
-        self._saved_clock = None  # set by load_state_dict, applied at the next step
+        self._resumed = False  # set by load_state_dict: compare fairseq's counters at the next step
 
     @property
     def psi(self) -> Psi:
@@ -78,7 +78,8 @@ class InteractionController:
         interaction boundary rank 0 calls ``measure(unwrapped_model)`` with the global RNGs
         forked (a resumed run measures at a different moment of the RNG stream than an
         uninterrupted one), finishes the interaction and decides; every rank then agrees."""
-        self._apply_saved_clock(update, epoch)
+        if self._resumed:
+            self._continue_clock(update, epoch)
         self.next_update, self.epoch = update + 1, epoch
         if self.loop is None:
             return self.psi
@@ -159,8 +160,9 @@ class InteractionController:
     def load_state_dict(self, state: Mapping):
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"interaction controller state format {state.get('format')!r} is not {STATE_FORMAT}")
-        self._saved_clock = (int(state["update"]), int(state["epoch"]),
-                             int(state["update_offset"]), int(state["epoch_offset"]))
+        self.next_update, self.epoch = int(state["update"]), int(state["epoch"])
+        self.update_offset, self.epoch_offset = int(state["update_offset"]), int(state["epoch_offset"])
+        self._resumed = True
         changes = self._option_changes(state["options"])
         leader = data_parallel_rank_and_size()[0] == 0
         saved_loop = state.get("loop")
@@ -208,18 +210,16 @@ class InteractionController:
         if leader and self.save_dir is not None and (history or self.loop is not None):
             self._write_records(history)
 
-    def _apply_saved_clock(self, update: int, epoch: int):
-        """After a resume: keep the bandit clock going where fairseq's counters went back."""
-        if self._saved_clock is None:
-            return
-        saved_update, saved_epoch, self.update_offset, self.epoch_offset = self._saved_clock
-        self._saved_clock = None
-        if update < saved_update:
-            self.update_offset += saved_update - update
-            logger.info(f"gpts: fairseq's update count restarted at {update} (checkpoint: {saved_update}); "
+    def _continue_clock(self, update: int, epoch: int):
+        """The first step after a resume: keep the bandit clock going where fairseq's counters
+        went back (to the checkpoint's ``next_update``/``epoch``)."""
+        self._resumed = False
+        if update < self.next_update:
+            self.update_offset += self.next_update - update
+            logger.info(f"gpts: fairseq's update count restarted at {update} (checkpoint: {self.next_update}); "
                         f"the interactions continue from update {update + self.update_offset}")
-        if epoch < saved_epoch:
-            self.epoch_offset += saved_epoch - epoch
+        if epoch < self.epoch:
+            self.epoch_offset += self.epoch - epoch
 
 
 def _log_interaction(record):
