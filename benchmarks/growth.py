@@ -27,6 +27,13 @@ Pre-registered before any run (protocol, metric and pass criteria are not re-tun
   criterion. The loss jump at each growth (reference loss just after minus just before) is
   reported per arm.
 
+Separately, ``--operators`` measures what each growth operator preserves: on linux, seed 1,
+the target model trains 100 updates in a small stage and grows (depth 2 -> 4 layers by
+``stack`` or ``zero``; FFN 128 -> 512 by tiling with noise 0 or 0.01), with post-LN (RoBERTa)
+and pre-LN; the reference loss (first 12 validation batches) just before and just after the
+growth goes to ``operators.json``. Expected: zero-init exact with pre-LN only, tiling exact
+without noise under both.
+
 Results: ``benchmarks/results/growth/<corpus>/<arm>/seed<k>.json`` (a run whose JSON exists is
 skipped: the suite is resumable), ``benchmarks/results/growth/summary.{json,md}`` and
 ``growth.png``.
@@ -333,6 +340,39 @@ def plot(results_root: Path) -> None:
     plt.close(fig)
 
 
+OPERATOR_CASES = {  # name -> (small stage, growth options)
+    "stack": ("layers=2", ["--grow-depth", "stack"]),
+    "zero": ("layers=2", ["--grow-depth", "zero"]),
+    "tile, noise 0": ("ffn=128", ["--grow-width-noise", "0"]),
+    "tile, noise 0.01": ("ffn=128", ["--grow-width-noise", "0.01"]),
+}
+NORMS = {"post-LN": [], "pre-LN": ["--encoder-normalize-before", "--layernorm-embedding"]}
+
+
+def measure_operators(data_dir: Path, settings: Settings, work_root: Path, results_root: Path) -> Path:
+    """Loss jump of each operator under post-LN and pre-LN (see the module docstring)."""
+    rows = []
+    for norm, norm_args in NORMS.items():
+        for name, (small, options) in OPERATOR_CASES.items():
+            save_dir = Path(work_root) / "operators" / f"{norm}-{name.replace(' ', '').replace(',', '-')}"
+            shutil.rmtree(save_dir, ignore_errors=True)
+            save_dir.mkdir(parents=True)
+            schedule = {"stages": f"0:{small};100:layers=4,ffn=512,tokens=128", "updates": 101}
+            cmd = run_args(data_dir, save_dir, schedule, 1, settings)
+            cmd[cmd.index("--validate-interval-updates") + 1] = "100"
+            cmd += [*options, *norm_args]
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=save_dir,
+                                  env=dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"))
+            [growth] = parse_log(proc.stdout + proc.stderr)["growths"]
+            rows.append({"norm": norm, "operator": name, **growth, "jump": growth["loss_after"] - growth["loss_before"]})
+            print(f"{norm:8s} {name:18s} {growth['loss_before']:.6f} -> {growth['loss_after']:.6f} "
+                  f"({rows[-1]['jump']:+.6f})", flush=True)
+    out = Path(results_root) / "operators.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"settings": asdict(settings), "rows": rows}, indent=1) + "\n")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", nargs="+", default=list(corpora.CORPORA), choices=corpora.CORPORA)
@@ -348,11 +388,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results-root", type=Path, default=DEFAULT_RESULTS)
     parser.add_argument("--max-lines", type=int, default=None, help="first N lines per split only (smoke tests)")
     parser.add_argument("--summary-only", action="store_true")
+    parser.add_argument("--operators", action="store_true", help="only measure the loss jump of each operator")
     args = parser.parse_args(argv)
     settings = Settings(budget_updates=args.budget_updates, small_share=args.small_share, valid_every=args.valid_every)
     settings.validate()
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.operators:
+        data_dir = corpora.prepare("linux", args.data_root, max_lines=args.max_lines, tokenizer="char")
+        print(measure_operators(data_dir, settings, args.work_root, args.results_root))
+        return 0
     if not args.summary_only:
         data = {c: corpora.prepare(c, args.data_root, max_lines=args.max_lines, tokenizer="char") for c in args.corpus}
         # seed-major order: an interrupted suite has whole seeds across corpora and arms
