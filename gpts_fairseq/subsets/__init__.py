@@ -7,6 +7,10 @@ torch), ``features`` (mean-pooled hidden states), ``store`` (selection files and
 on, agreed by all ranks).
 """
 
+# fairseq first: importing it runs the install hook, which imports gpts_mlm and through it the
+# modules below; they must not be half-initialised when that happens
+import fairseq  # noqa: F401, I001
+
 from .options import SELECTORS, SubsetConfig, subsets_enabled, validate_subset_config
 
 __all__ = ["SELECTORS", "SubsetConfig", "subsets_enabled", "validate_subset_config"]

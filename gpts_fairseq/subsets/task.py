@@ -9,7 +9,7 @@ import logging
 
 from .dataset import EpochSubsetDataset
 from .epochs import EpochSubsets
-from .options import subsets_enabled, validate_subset_config
+from .options import subsets_enabled
 
 logger = logging.getLogger(__name__)
 
@@ -18,10 +18,10 @@ CHECKPOINT_KEY = "subset"
 
 class SubsetTaskMixin:
     """Needs ``cfg`` to hold the ``SubsetConfig`` fields, ``save_dir``, ``seed`` and
-    ``max_epoch``; call ``init_subsets`` in ``__init__`` (after the dictionary is known)."""
+    ``max_epoch``; the task calls ``init_subsets`` in ``__init__`` once the dictionary is known."""
 
     def init_subsets(self, cfg, pad_idx: int) -> None:
-        validate_subset_config(cfg)
+        """After ``validate_subset_config(cfg)``, which the task calls before any data is read."""
         self.subsets = EpochSubsets(cfg, cfg.save_dir, pad_idx, write=not cfg.no_save) if subsets_enabled(cfg) else None
         self._subset_model = None
 

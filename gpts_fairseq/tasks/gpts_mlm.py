@@ -42,6 +42,8 @@ from ..bandit.rewards import REWARD_KINDS
 from ..masking import MaskingSpec, Psi, mask_tokens
 from ..masking.spec import PSI_FIELDS
 from ..growth import hooks as growth
+from ..subsets.options import SubsetConfig, validate_subset_config
+from ..subsets.task import SubsetTaskMixin
 from .interactions import InteractionController
 from .options import build_policy, reward_options, validate_config
 
@@ -62,7 +64,7 @@ PSI_LOG_NAMES = ("psi_rho", "psi_gamma", "psi_lambda")  # the ψ in force, logge
 
 
 @dataclass
-class GPTSMaskedLMConfig(MaskedLMConfig):
+class GPTSMaskedLMConfig(MaskedLMConfig, SubsetConfig):
     gpts_masking: ChoiceEnum(["exact", "bernoulli"]) = field(
         default="exact",
         metadata={"help": "exact: masked_lm's per-sequence count int(p*n/span + u) (parity); "
@@ -124,7 +126,7 @@ class GPTSMaskedLMConfig(MaskedLMConfig):
 
 
 @register_task("gpts_mlm", dataclass=GPTSMaskedLMConfig)
-class GPTSMaskedLMTask(MaskedLMTask):
+class GPTSMaskedLMTask(SubsetTaskMixin, MaskedLMTask):
     """masked_lm whose datasets hold clean tokens; each batch is masked in the training step."""
 
     cfg: GPTSMaskedLMConfig
@@ -132,6 +134,7 @@ class GPTSMaskedLMTask(MaskedLMTask):
     def __init__(self, cfg: GPTSMaskedLMConfig, dictionary=None):
         # every option is checked, and the policy built, before any data is read
         first, self.reference_psi = validate_config(cfg)
+        validate_subset_config(cfg)
         loop = None if cfg.gpts_policy == "constant" else InteractionLoop(
             build_policy(cfg, first), first, reward=str(cfg.gpts_reward))
         self.interactions = InteractionController(
@@ -141,6 +144,7 @@ class GPTSMaskedLMTask(MaskedLMTask):
         self.epoch = 1
         self._reward_batches = None
         super().__init__(cfg, dictionary)
+        self.init_subsets(cfg, self.dictionary.pad())
         self.spec = MaskingSpec.build(
             vocab_size=len(self.dictionary),
             special_ids=range(self.dictionary.nspecial),
@@ -273,10 +277,11 @@ class GPTSMaskedLMTask(MaskedLMTask):
     # one sub-dict per subsystem, under its own key
 
     def get_checkpoint_dict(self):
-        return {type(self).__name__: {"interactions": self.interactions.state_dict()}}
+        return {type(self).__name__: {"interactions": self.interactions.state_dict(), **self.subset_checkpoint_state()}}
 
     def set_checkpoint_dict(self, state):
         if "interactions" not in state:
             raise ValueError("the checkpoint's gpts_mlm state has no 'interactions' entry: it was written by an "
                              "older gpts-fairseq; resume it with that version")
         self.interactions.load_state_dict(state["interactions"])
+        self.restore_subset_state(state)
