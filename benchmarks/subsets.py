@@ -329,12 +329,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     if not args.summary_only:
+        if not args.skip_timing:
+            run_timing(args.results, args.work)
         jobs = [(c, a, s) for s in args.seeds for c in args.corpus for a in args.arms]  # seed-major
         with ThreadPoolExecutor(args.jobs) as pool:
             for future in [pool.submit(run_one, c, a, s, args.results, args.work) for c, a, s in jobs]:
                 future.result()
-        if not args.skip_timing:
-            run_timing(args.results, args.work)
     write_summary(args.results)
     return 0
 
