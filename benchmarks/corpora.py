@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -33,6 +34,7 @@ DEFAULT_TOKENIZER = "word"
 TOKENIZER_VERSION = 1  # bump when tokenize_line changes, so caches are rebuilt
 
 TOKENIZERS = ("word", "char")
+USER_VALID_FRACTION = 0.1  # a single user file: its last 10% of lines validate
 _SPACE = "\u2581"  # fairseq splits lines on whitespace, so a visible stand-in for ' '
 _TOKEN = re.compile(r"<unk>|\w+|[^\w\s]")
 _WIKI_TITLE = re.compile(r"^ = [^=].* = $")
@@ -96,20 +98,49 @@ SPLITTERS: dict[str, Callable[[Path], Split]] = {
 CORPORA = tuple(SPLITTERS)
 
 
+def previous_token_entropy(lines: Sequence[str], eos: str = "</s>") -> float:
+    """H(X_i | X_{i-1}) in bits over the token stream fairseq trains on.
+
+    ``lines`` are tokenized (space-separated) lines; fairseq-preprocess ends each with
+    ``</s>`` and ``--sample-break-mode none`` concatenates them, so the stream runs across line
+    ends. A model whose masked-token loss is below this uses more than the previous token:
+    the pre-registered comparison trains until it gets there (benchmarks/pretrain.py).
+    """
+    pairs: Counter[tuple[str, str]] = Counter()
+    previous = None
+    for line in lines:
+        for token in [*line.split(), eos]:
+            if previous is not None:
+                pairs[previous, token] += 1
+            previous = token
+    total = sum(pairs.values())
+    if total == 0:
+        raise ValueError("previous_token_entropy: need at least two tokens")
+    firsts: Counter[str] = Counter()
+    for (first, _), n in pairs.items():
+        firsts[first] += n
+    # H(X_i | X_{i-1}) = -sum p(a, b) log2 p(b | a), with p(b | a) = n(a, b) / n(a, .)
+    return -sum(n / total * math.log2(n / firsts[first]) for (first, _), n in pairs.items())
+
+
+def prepared_entropy(data_dir: Path) -> float:
+    """:func:`previous_token_entropy` of a prepared corpus' training text (its ``train.tok``)."""
+    return previous_token_entropy(_read_lines(Path(data_dir) / "train.tok"))
+
+
 def tokenize_lines(lines: Sequence[str], scheme: str, max_lines: int | None = None) -> list[str]:
     """Tokenized non-empty lines, optionally only the first ``max_lines`` of them."""
     out = [tok for tok in (tokenize_line(line, scheme) for line in lines) if tok]
     return out[:max_lines] if max_lines is not None else out
 
 
-def _fingerprint(corpus: str, scheme: str, vocab_size: int, max_lines: int | None, sources: Path) -> str:
-    files = sorted(p for p in (sources / corpus).iterdir() if p.is_file())
+def _fingerprint(name: str, scheme: str, vocab_size: int, max_lines: int | None, files: Sequence[Path]) -> str:
     key = {
-        "corpus": corpus,
+        "corpus": name,
         "vocab_size": vocab_size,
         "max_lines": max_lines,
         "tokenizer": [scheme, TOKENIZER_VERSION],
-        "files": [(p.name, p.stat().st_size) for p in files],
+        "files": [(p.name, p.stat().st_size) for p in sorted(files)],
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -136,6 +167,15 @@ def _fairseq_tool(name: str) -> str:
     return str(local) if local.exists() else name
 
 
+def _check_options(tokenizer: str, vocab_size: int, max_lines: int | None) -> None:
+    if tokenizer not in TOKENIZERS:
+        raise ValueError(f"--tokenizer: unknown scheme {tokenizer!r}; valid: {', '.join(TOKENIZERS)}")
+    if vocab_size < 1:
+        raise ValueError(f"--vocab-size must be >= 1, got {vocab_size}")
+    if max_lines is not None and max_lines < 1:
+        raise ValueError(f"--max-lines must be >= 1, got {max_lines}")
+
+
 def prepare(
     corpus: str,
     data_root: Path = DEFAULT_DATA_ROOT,
@@ -144,29 +184,70 @@ def prepare(
     max_lines: int | None = None,
     tokenizer: str = DEFAULT_TOKENIZER,
 ) -> Path:
-    """Binarized data directory for ``corpus`` (built once, then reused)."""
+    """Binarized data directory for one of the shared ``corpus`` (built once, then reused)."""
     if corpus not in SPLITTERS:
         raise ValueError(f"--corpus: unknown corpus {corpus!r}; valid: {', '.join(CORPORA)}")
-    if tokenizer not in TOKENIZERS:
-        raise ValueError(f"--tokenizer: unknown scheme {tokenizer!r}; valid: {', '.join(TOKENIZERS)}")
-    if vocab_size < 1:
-        raise ValueError(f"--vocab-size must be >= 1, got {vocab_size}")
-    if max_lines is not None and max_lines < 1:
-        raise ValueError(f"--max-lines must be >= 1, got {max_lines}")
+    _check_options(tokenizer, vocab_size, max_lines)
     if not (sources / corpus).is_dir():
         raise FileNotFoundError(f"--sources: no {corpus}/ under {sources}")
-    dest = Path(data_root) / f"{corpus}-{tokenizer}-{_fingerprint(corpus, tokenizer, vocab_size, max_lines, sources)}"
+    files = [p for p in (sources / corpus).iterdir() if p.is_file()]
+    return _build(corpus, lambda: SPLITTERS[corpus](sources / corpus), files, data_root, vocab_size, max_lines, tokenizer)
+
+
+def split_text(lines: Sequence[str], valid_fraction: float = USER_VALID_FRACTION) -> Split:
+    """One user file: the first lines train, the last ``valid_fraction`` of them valid (a
+    contiguous tail, so validation text is unseen rather than interleaved)."""
+    lines = [line for line in lines if line.strip()]
+    if len(lines) < 2:
+        raise ValueError(f"--text: need at least 2 non-empty lines to split into train and valid, got {len(lines)}")
+    n_valid = max(1, round(valid_fraction * len(lines)))
+    return lines[:-n_valid], lines[-n_valid:]
+
+
+def prepare_text(
+    name: str,
+    train: Path,
+    valid: Path | None = None,
+    data_root: Path = DEFAULT_DATA_ROOT,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
+    max_lines: int | None = None,
+    tokenizer: str = DEFAULT_TOKENIZER,
+) -> Path:
+    """Binarized data directory for a user's own text: one file (split by :func:`split_text`)
+    or a train/valid pair. ``name`` names the corpus in results (letters, digits, ``-_.``)."""
+    if not re.fullmatch(r"[\w.-]+", name) or name in CORPORA:
+        raise ValueError(f"--text-name: {name!r} must be letters, digits, '-', '_' or '.', and not a shared "
+                         f"corpus name ({', '.join(CORPORA)})")
+    _check_options(tokenizer, vocab_size, max_lines)
+    files = [Path(train)] + ([Path(valid)] if valid is not None else [])
+    for path in files:
+        if not path.is_file():
+            raise FileNotFoundError(f"--text: no file {path}")
+    if valid is None:
+        def splitter() -> Split:
+            return split_text(_read_lines(Path(train)))
+    else:
+        def splitter() -> Split:
+            return _read_lines(Path(train)), _read_lines(Path(valid))
+    return _build(name, splitter, files, data_root, vocab_size, max_lines, tokenizer)
+
+
+def _build(name: str, splitter: Callable[[], Split], files: Sequence[Path], data_root: Path, vocab_size: int,
+           max_lines: int | None, tokenizer: str) -> Path:
+    dest = Path(data_root) / f"{name}-{tokenizer}-{_fingerprint(name, tokenizer, vocab_size, max_lines, files)}"
     marker = dest / "prepared.json"
     if marker.exists():
         return dest
-    train, valid = SPLITTERS[corpus](sources / corpus)
+    train, valid = splitter()
     train, valid = tokenize_lines(train, tokenizer, max_lines), tokenize_lines(valid, tokenizer, max_lines)
+    if not train or not valid:
+        raise ValueError(f"{name}: no tokens in the {'train' if not train else 'valid'} split")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{corpus}-", dir=dest.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dest.parent))
     try:
         binarize(train, valid, staging, vocab_size)
         info = {
-            "corpus": corpus, "tokenizer": tokenizer, "vocab_size": vocab_size, "max_lines": max_lines,
+            "corpus": name, "tokenizer": tokenizer, "vocab_size": vocab_size, "max_lines": max_lines,
             "tokenizer_version": TOKENIZER_VERSION,
             "train_lines": len(train), "valid_lines": len(valid),
             "train_tokens": sum(len(line.split()) for line in train),

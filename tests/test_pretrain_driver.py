@@ -1,11 +1,14 @@
-"""benchmarks/pretrain.py: command lines, resumability, the summary table, and an end-to-end smoke run."""
+"""benchmarks/pretrain.py and corpora.py: entropy, pilot budget, interaction length, command
+lines, resumability, compute accounting and the pre-registered criteria."""
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -15,9 +18,92 @@ import corpora  # noqa: E402
 import pretrain  # noqa: E402
 
 
-
 def _option(cmd, name):
     return cmd[cmd.index(name) + 1]
+
+
+# -- corpora ---------------------------------------------------------------------------------
+
+
+def test_previous_token_entropy_of_a_toy_stream():
+    # stream a b </s> a c </s>: only 'a' has two successors (b, c, 1 each): 2/5 of the pairs x 1 bit
+    assert corpora.previous_token_entropy(["a b", "a c"]) == pytest.approx(0.4)
+    # x y x y x y </s>: 'x' is always followed by 'y'; 'y' by 'x' twice and '</s>' once
+    assert corpora.previous_token_entropy(["x y x y x y"]) == pytest.approx(
+        2 / 6 * math.log2(3 / 2) + 1 / 6 * math.log2(3))
+    with pytest.raises(ValueError, match="at least two tokens"):
+        corpora.previous_token_entropy([""])
+
+
+def test_entropy_matches_a_direct_count_on_char_tokens():
+    lines = corpora.tokenize_lines(["the cat sat on the mat", "a hat"], "char")
+    stream = [t for line in lines for t in [*line.split(), "</s>"]]
+    pairs = list(zip(stream, stream[1:]))
+    h = 0.0
+    for a, b in set(pairs):
+        n_ab = pairs.count((a, b))
+        n_a = sum(1 for x, _ in pairs if x == a)
+        h -= n_ab / len(pairs) * math.log2(n_ab / n_a)
+    assert corpora.previous_token_entropy(lines) == pytest.approx(h)
+
+
+def test_a_user_file_is_split_into_a_contiguous_tail(tmp_path):
+    train, valid = corpora.split_text([f"line {k}" for k in range(20)] + ["", "  "])
+    assert train == [f"line {k}" for k in range(18)] and valid == ["line 18", "line 19"]
+    with pytest.raises(ValueError, match="at least 2 non-empty lines"):
+        corpora.split_text(["only", ""])
+    with pytest.raises(ValueError, match="--text-name"):
+        corpora.prepare_text("linux", tmp_path / "x.txt", data_root=tmp_path)
+    with pytest.raises(FileNotFoundError, match="--text: no file"):
+        corpora.prepare_text("mine", tmp_path / "missing.txt", data_root=tmp_path)
+
+
+# -- pilot and interaction length ----------------------------------------------------------
+
+
+def test_budget_is_a_quarter_past_the_crossing_clamped():
+    curve = [(25, 5.0), (50, 4.0), (75, 3.9), (100, 3.5)]
+    assert pretrain.crossing_update(curve, 3.95) == 75
+    assert pretrain.crossing_update(curve, 3.0) is None
+    assert pretrain.budget_from_crossing(None) == 4000
+    assert pretrain.budget_from_crossing(1000) == 1500  # 1250 -> the floor
+    assert pretrain.budget_from_crossing(1999) == 2500  # 2498.75, rounded up to 50
+    assert pretrain.budget_from_crossing(2000) == 2500
+    assert pretrain.budget_from_crossing(3500) == 4000  # 4375 -> the ceiling
+
+
+def test_reward_noise_recovers_planted_noise_around_a_smooth_trend():
+    rng = np.random.default_rng(0)
+    updates = np.arange(25, 4001, 25)
+    trend = 3.0 + 2.0 / np.sqrt(updates / 25)
+    curve = list(zip(updates.tolist(), (trend + rng.normal(0, 0.01, updates.size)).tolist()))
+    # independent noise: a difference has sd sqrt(2) * 0.01, divided by a loss of ~3.1; each
+    # local quadratic (17 validations) absorbs about an eighth of it
+    for length in (50, 100, 400):
+        sigma = pretrain.reward_noise(curve, length, 400, 4000)
+        assert sigma == pytest.approx(0.87 * math.sqrt(2) * 0.01 / 3.1, rel=0.15)
+    # the trend itself is not counted as noise: a noiseless curve has (almost) none
+    assert pretrain.reward_noise(list(zip(updates.tolist(), trend.tolist())), 100, 400, 4000) < 1e-4
+    with pytest.raises(ValueError, match="validations in"):
+        pretrain.reward_noise(curve[:5], 25, 0, 4000)
+
+
+def test_interaction_length_rule():
+    def row(corpus, length, sigma, overhead, decisions):
+        effect = pretrain.ARM_EFFECT_PER_UPDATE * pretrain.ARM_GAP * length
+        return {"corpus": corpus, "interaction_updates": length, "reward_noise_sd": sigma, "arm_effect": effect,
+                "effect_to_noise": effect / sigma, "overhead_share": overhead, "decisions": decisions}
+    # 50: too much overhead; 100: overhead fine but the effect is below one noise sd on 'b'
+    rows = [row("a", 50, 0.001, 0.04, 40), row("b", 50, 0.001, 0.04, 40),
+            row("a", 100, 0.001, 0.02, 20), row("b", 100, 0.003, 0.02, 20),
+            row("a", 200, 0.001, 0.01, 10), row("b", 200, 0.003, 0.01, 10),
+            row("a", 400, 0.001, 0.005, 4), row("b", 400, 0.003, 0.005, 4)]
+    assert pretrain.choose_interaction_length(rows) == (200, True)
+    rows = [r for r in rows if r["interaction_updates"] != 200]
+    assert pretrain.choose_interaction_length(rows) == (100, False)  # none meets all three: the fallback
+
+
+# -- command lines, results ----------------------------------------------------------------
 
 
 def test_every_policy_maps_to_the_documented_task_options(tmp_path):
@@ -27,18 +113,21 @@ def test_every_policy_maps_to_the_documented_task_options(tmp_path):
     for cmd in cmds.values():
         assert _option(cmd, "--task") == "gpts_mlm" and _option(cmd, "--criterion") == "gpts_masked_lm"
         assert _option(cmd, "--gpts-valid-masking") == "reference"
-        assert _option(cmd, "--gpts-ref-mask-prob") == "0.15"
-        assert _option(cmd, "--max-update") == "400" and _option(cmd, "--validate-interval-updates") == "20"
-        assert _option(cmd, "--gpts-interaction-updates") == "20" and _option(cmd, "--seed") == "3"
-        assert _option(cmd, "--log-format") == "json" and _option(cmd, "--log-file") == str(tmp_path / "save" / "train.log")
-    assert _option(cmds["constant-0.15"], "--gpts-policy") == "constant"
-    assert _option(cmds["constant-0.40"], "--mask-prob") == "0.4"
+        assert _option(cmd, "--max-update") == "400" and _option(cmd, "--total-num-update") == "400"
+        assert _option(cmd, "--validate-interval-updates") == "20" and _option(cmd, "--gpts-interaction-updates") == "20"
+        assert _option(cmd, "--seed") == "3" and _option(cmd, "--warmup-updates") == "40"
+    assert _option(cmds["constant-0.45"], "--mask-prob") == "0.45"
     assert _option(cmds["schedule-0.30-0.15"], "--gpts-schedule-end") == "0.15,0.1,0.1"
-    assert _option(cmds["schedule-0.30-0.15"], "--mask-prob") == "0.3"
-    assert _option(cmds["random"], "--gpts-policy") == "random"
-    assert _option(cmds["gp-ts-psi"], "--gpts-arms") == "psi"
-    assert _option(cmds["gp-ts-rho-progress"], "--gpts-context") == "progress"
-    assert "--gpts-context" not in cmds["gp-ts-rho"]
+    assert _option(cmds["gp-ts-trend"], "--gpts-reward-model") == "trend"
+    assert _option(cmds["gp-ts-trend"], "--gpts-arms") == "rho"
+    assert "--gpts-reward-model" not in cmds["gp-ts-rho"]
+    assert [p for p in pretrain.POLICIES][-1] == "gp-ts-trend"  # after the baselines of each block
+    pilot = pretrain.run_args(tmp_path, tmp_path, pretrain.POLICIES["constant-0.15"], 0,
+                              pretrain.pilot_settings(pretrain.Settings(budget_updates=4000)))
+    assert _option(pilot, "--validate-interval-updates") == "25" and _option(pilot, "--gpts-interaction-updates") == "4000"
+    portable = pretrain.portable_args(cmds["random"][1:], tmp_path / "data", tmp_path / "save")
+    assert not any(str(tmp_path) in a or str(REPO) in a for a in portable)
+    assert _option(portable, "--log-file") == "<save>/train.log" and portable[0] == "<data>"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -47,7 +136,7 @@ def test_every_policy_maps_to_the_documented_task_options(tmp_path):
     (["--jobs", "0"], "--jobs must be >= 1"),
     (["--seeds", "0"], "--seeds must be >= 1"),
     (["--eval-batches", "-1"], "--eval-batches must be >= 0"),
-    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--text", "a", "b", "c"], "--text takes one file or a TRAIN VALID pair"),
 ])
 def test_bad_options_fail_before_any_work(tmp_path, argv, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
@@ -55,61 +144,123 @@ def test_bad_options_fail_before_any_work(tmp_path, argv, message):
     assert not (tmp_path / "d").exists()
 
 
-def _fake_result(root, corpus, policy, seed, curve, budget=40):
+def _fake_result(root, corpus, policy, seed, curve, budget=None, compute=None):
     path = pretrain.result_path(root, corpus, policy, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
+    budget = budget or 10 * len(curve)
     info = {"label": policy, "policy": pretrain.POLICIES[policy].gpts_policy, "seed": seed, "corpus": corpus,
             "budget_updates": budget, "psi": dict(zip(("mask_prob", "leave_unmasked_prob", "random_token_prob"),
                                                       pretrain.POLICIES[policy].psi)),
             "arms": None, "context": None, "fairseq_args": []}
+    settings = {"budget_updates": budget, "interaction_updates": 10, "eval_batches": 12}
     path.write_text(json.dumps({
         "name": f"seed{seed}", "corpus": corpus, "policy": policy, "seed": seed, "budget_updates": budget,
         "final_val_loss": curve[-1], "val_curve": [[10 * (k + 1), x] for k, x in enumerate(curve)],
         "wall_time_s": 60.0 + seed, "psi_sequence": [], "interactions": [], "run_info": info,
+        "settings": settings, "compute": compute,
     }))
     return path
 
 
-def test_finished_runs_are_skipped_and_a_budget_change_is_refused(tmp_path, monkeypatch):
+def test_finished_runs_are_skipped_and_other_settings_refused(tmp_path, monkeypatch):
     _fake_result(tmp_path, "linux", "random", 1, [9.0, 8.0, 7.0, 6.0])
-    monkeypatch.setattr(pretrain.subprocess, "run", lambda *a, **k: pytest.fail("a finished run was rerun"))
+    monkeypatch.setattr(pretrain.subprocess, "Popen", lambda *a, **k: pytest.fail("a finished run was rerun"))
     settings = pretrain.Settings(budget_updates=40, interaction_updates=10)
     out = pretrain.run_one("linux", tmp_path, pretrain.POLICIES["random"], 1, settings, tmp_path / "w", tmp_path)
     assert out == pretrain.result_path(tmp_path, "linux", "random", 1)
     with pytest.raises(ValueError, match="budget 40 updates, not --budget-updates=80"):
         pretrain.run_one("linux", tmp_path, pretrain.POLICIES["random"], 1,
                          pretrain.Settings(budget_updates=80, interaction_updates=10), tmp_path / "w", tmp_path)
+    with pytest.raises(ValueError, match="other settings .*interaction_updates=10"):
+        pretrain.run_one("linux", tmp_path, pretrain.POLICIES["random"], 1,
+                         pretrain.Settings(budget_updates=40, interaction_updates=20), tmp_path / "w", tmp_path)
 
 
-def test_summary_numbers(tmp_path):
-    # constant-0.15 finals 7.5 and 7.7 -> target 7.6; gp-ts-rho seed-mean curve 9.55 8.05 7.58 7.3 -> 30/40
-    _fake_result(tmp_path, "wikitext-2", "constant-0.15", 1, [10.0, 9.0, 8.0, 7.5])
-    _fake_result(tmp_path, "wikitext-2", "constant-0.15", 2, [10.0, 9.2, 8.2, 7.7])
-    _fake_result(tmp_path, "wikitext-2", "gp-ts-rho", 1, [9.5, 8.0, 7.55, 7.2])
-    _fake_result(tmp_path, "wikitext-2", "gp-ts-rho", 2, [9.6, 8.1, 7.61, 7.4])
-    _fake_result(tmp_path, "wikitext-2", "constant-0.40", 1, [10.1, 9.5, 9.0, 8.5])
-    summary = pretrain.write_summary(tmp_path, corpora.CORPORA)
-    text = summary.read_text()
-    assert "## wikitext-2" in text and "## linux" not in text
-    assert "5 runs; target 7.600 bits." in text
-    assert "Wall time per run: mean 61 s, max 62 s (sum 5 min)." in text
-    overview, corpus = text.split("## wikitext-2")
-    assert "| gp-ts-rho | 7.300 ± 0.141 | 30 (0.75) | -0.300 (2/2) |" in overview
-    assert "| constant-0.15 | 7.600 ± 0.141 | 40 (1.00) | – |" in overview
-    rows = [line for line in corpus.splitlines() if line.startswith("| ") and "policy" not in line]
-    # Δ vs constant-0.15 by seed: gp-ts-rho 7.2-7.5, 7.4-7.7 -> -0.3 ± 0; constant-0.40 seed 1 only: +1.0
-    assert rows == [
-        "| constant-0.15 | 2 | 7.600 ± 0.141 | 40 (1.00) | – |",
-        "| constant-0.40 | 1 | 8.500 | not reached | +1.000; 0/1 |",
-        "| gp-ts-rho | 2 | 7.300 ± 0.141 | 30 (0.75) | -0.300 ± 0.000; 2/2 |",
-    ]
-    for name in ("val_loss.png", "psi.png", "reward.png", "summary.md"):
-        assert (tmp_path / "wikitext-2" / "report" / name).is_file()
-    assert "](wikitext-2/report/val_loss.png)" in text
-    # gp-ts-rho minus constant-0.15, same seed, mean over the two seeds, at every validation
-    runs = pretrain.load_results(tmp_path, "wikitext-2")
-    curve = pretrain.paired_delta_curve(runs, "gp-ts-rho")
-    assert [u for u, _ in curve] == [10, 20, 30, 40]
-    assert [d for _, d in curve] == pytest.approx([-0.45, -1.05, -0.52, -0.3])
-    assert [d for _, d in pretrain.paired_delta_curve(runs, "constant-0.40")] == pytest.approx([0.1, 0.5, 1.0, 1.0])
-    assert (tmp_path / "delta_vs_constant.png").is_file() and "](delta_vs_constant.png)" in text
+def test_compute_accounting_from_fairseq_throughput(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text("\n".join(json.dumps(x) for x in [
+        {"epoch": 1, "wps": "10000", "wpb": "2000", "num_updates": "50"},  # 0.2 s per update
+        {"epoch": 1, "wps": "8000", "wpb": "2000", "num_updates": "100"},
+        {"epoch": 1, "wps": "12000", "wpb": "2000", "num_updates": "150"},
+        {"epoch": 1, "valid_loss": "4.0", "valid_wps": "40000", "valid_wpb": "2000", "valid_num_updates": "100"},
+    ]) + "\n")
+    assert pretrain.measured_costs(log) == pytest.approx((0.2, 0.25))  # forward 0.05 s = 1/4 update
+
+    class Decision:
+        decision_time_s = 0.1
+    settings = pretrain.Settings(budget_updates=1000, interaction_updates=100, eval_batches=12)
+    gp = pretrain.compute_accounting(log, [Decision()] * 9, settings, pretrain.POLICIES["gp-ts-trend"])
+    # 10 passes x 12 batches x 0.25 + 0.9 s / 0.2 s = 30 + 4.5 update-equivalents
+    assert gp["reward_update_equivalents"] == pytest.approx(34.5)
+    assert gp["charged_update_equivalents"] == pytest.approx(1034.5)
+    assert gp["interaction_overhead_share"] == pytest.approx((3 + 0.5) / 100)
+    const = pretrain.compute_accounting(log, [Decision()] * 9, settings, pretrain.POLICIES["constant-0.15"])
+    assert const["charged_update_equivalents"] == 1000
+    assert pretrain.charged_compute(gp, pretrain.POLICIES["gp-ts-trend"], 500, 100, 12) == pytest.approx(500 + 6 * 3.5)
+
+
+# -- the pre-registered criteria -----------------------------------------------------------
+
+CORPORA = ("wikitext-2", "linux", "war-and-peace")
+NO_REWARD_COST = {"update_s": 1.0, "forward_cost_updates": 0.0, "reward_passes": 8, "reward_batches": 12,
+                  "decision_s": 0.0, "reward_update_equivalents": 0.0, "charged_update_equivalents": 80.0,
+                  "interaction_overhead_share": 0.0}
+
+
+def _suite(root, trend_shift, random_shift, seeds=(1, 2, 3), skip=()):
+    """constant-0.15 goes 9 8 7 6 5 4 4 (final 4.0 = mean of its last three), constant-0.30 ends
+    0.01 lower (the best fixed rho), random ends at +random_shift, gp-ts-trend reaches 4.0 at
+    update 40 and ends at 4.0 + trend_shift, plus a per-seed wobble."""
+    base = [9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 4.0, 4.0]
+    for corpus in CORPORA:
+        for seed in seeds:
+            wobble = 0.001 * seed
+            _fake_result(root, corpus, "constant-0.15", seed, [x + wobble for x in base])
+            _fake_result(root, corpus, "constant-0.30", seed, [x + wobble - 0.01 for x in base])
+            _fake_result(root, corpus, "constant-0.45", seed, [x + wobble + 0.02 for x in base])
+            _fake_result(root, corpus, "random", seed, [x + wobble + random_shift for x in base])
+            if (corpus, seed) not in skip:
+                trend = [9.0, 7.0, 5.0, 4.0 + wobble] + [4.0 + wobble + trend_shift] * 4
+                _fake_result(root, corpus, "gp-ts-trend", seed, trend, compute=NO_REWARD_COST)
+
+
+def _criteria(root):
+    per_corpus = {c: pretrain.load_results(root, c) for c in CORPORA}
+    return {c.name: c for c in pretrain.score(per_corpus, CORPORA)}
+
+
+def test_criteria_pass_when_the_new_policy_is_faster_close_to_the_best_and_beats_random(tmp_path):
+    _suite(tmp_path, trend_shift=-0.012, random_shift=0.005)
+    got = _criteria(tmp_path)
+    # (a) reaches 4.0 + wobble <= target at update 40 of 80 = 0.50 of the compute, every corpus
+    assert got["a"].status == "PASS" and "3 of 3 complete corpora pass" in got["a"].detail
+    assert "wikitext-2: 0.50 of constant-0.15's compute (update 40 of 80)" in got["a"].detail
+    # (b) gap to constant-0.30: -0.002 on every pair, sd 0 -> bound -0.002
+    assert got["b"].status == "PASS" and "mean gap -0.0020 bits" in got["b"].detail
+    assert got["c"].status == "PASS" and "on 9 of 9 same-seed pairs" in got["c"].detail
+
+
+def test_criteria_fail_and_report_their_numbers(tmp_path):
+    _suite(tmp_path, trend_shift=0.0, random_shift=-0.001)
+    got = _criteria(tmp_path)
+    assert got["a"].status == "PASS"  # still early: only (b) and (c) fail
+    assert got["b"].status == "FAIL" and "mean gap +0.0100 bits" in got["b"].detail
+    assert got["c"].status == "FAIL" and "on 0 of 9 same-seed pairs" in got["c"].detail
+
+
+def test_criteria_are_incomplete_while_pairs_are_missing(tmp_path):
+    _suite(tmp_path, trend_shift=-0.012, random_shift=0.005, skip={("linux", 3), ("war-and-peace", 2)})
+    got = _criteria(tmp_path)
+    assert {c.status for c in got.values()} == {"incomplete"}
+    assert "linux: incomplete" in got["a"].detail and "1 of 1 complete corpora pass" in got["a"].detail
+    assert "incomplete: 7 of 9 pairs" in got["b"].detail and "incomplete: 7 of 9 pairs" in got["c"].detail
+
+
+def test_summary_prints_the_criteria_and_tables(tmp_path):
+    _suite(tmp_path, trend_shift=-0.012, random_shift=0.005, seeds=(1,))
+    text = pretrain.write_summary(tmp_path, work_root=tmp_path / "work").read_text()
+    assert "- (c) incomplete: lower final loss than random on 3 of 3 same-seed pairs" in text
+    assert "| linux | gp-ts-trend | 1 | 3.989 | -0.0120 (1/1) |" in text
+    assert "| linux | gp-ts-trend | 1 | 1.000 | 8 | 0 | 80 | 0.0% |" in text
+    assert (tmp_path / "delta_vs_constant.png").is_file()
+    assert (tmp_path / "linux" / "report" / "val_loss.png").is_file()

@@ -21,6 +21,26 @@ def updates_to_reach(curve: Sequence[tuple[int, float]], target: float) -> int |
     return next((update for update, loss in curve if loss <= target), None)
 
 
+def final_loss(run: Run, last: int = 1) -> float | None:
+    """Mean loss of the run's last ``last`` validations (None without any): averaging a few
+    damps the validation-to-validation wobble a single last point carries."""
+    if not run.val_curve:
+        return None
+    return statistics.fmean(loss for _, loss in run.val_curve[-last:])
+
+
+def one_sided_upper_bound(values: Sequence[float], level: float = 0.9) -> float:
+    """Upper ``level`` confidence bound of the mean (Student t, n - 1 degrees of freedom)."""
+    from scipy.stats import t  # scipy comes with gpytorch
+
+    if len(values) < 2:
+        raise ValueError(f"one_sided_upper_bound: need at least 2 values, got {len(values)}")
+    if not 0.5 <= level < 1:
+        raise ValueError(f"one_sided_upper_bound: level must be in [0.5, 1), got {level}")
+    n = len(values)
+    return statistics.fmean(values) + float(t.ppf(level, n - 1)) * statistics.stdev(values) / math.sqrt(n)
+
+
 def mean_curve(runs: Sequence[Run]) -> list[tuple[int, float]]:
     """Mean loss over runs at the updates every run validated."""
     curves = [dict(run.val_curve) for run in runs if run.val_curve]
