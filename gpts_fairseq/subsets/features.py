@@ -8,13 +8,6 @@ from .options import MIDDLE_LAYER
 from .selection import one_thread
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside DDP and fairseq's wrappers (rank-local work: no collective may run)."""
-    while isinstance(getattr(model, "module", None), torch.nn.Module):
-        model = model.module
-    return model
-
-
 def mean_pooled_states(model, sample, layer: int, pad_idx: int) -> torch.Tensor:
     """[B, C] float32: the hidden state after ``layer`` (0 = embeddings), averaged over each
     block's non-pad tokens. Needs a fairseq encoder model that returns ``inner_states``
@@ -37,27 +30,27 @@ def mean_pooled_states(model, sample, layer: int, pad_idx: int) -> torch.Tensor:
 def block_features(model, dataset, batches, *, layer: int, pad_idx: int, rank: int = 0, world_size: int = 1,
                    group=None, dst: int = 0) -> torch.Tensor | None:
     """[N, C] features of every block of ``dataset`` on rank ``dst`` (None elsewhere).
+    ``model`` is the task's own (unwrapped) model: each rank runs its forward alone.
 
     Rank r featurises batches r, r + W, ... of ``batches`` (fixed batches: a block's feature does
     not depend on the rank count), on one thread, with the model in eval mode and the global RNGs
     left as they were; the shards are summed into rank ``dst``'s zero-filled table.
     """
-    module = unwrap(model)
-    device = next(module.parameters()).device
-    was_training = module.training
+    device = next(model.parameters()).device
+    was_training = model.training
     devices = [device] if device.type == "cuda" else []
     table = None
-    module.eval()
+    model.eval()
     try:
         with torch.random.fork_rng(devices=devices), torch.no_grad(), one_thread():
             for batch in batches[rank::world_size]:
                 sample = utils.apply_to_sample(lambda t: t.to(device), dataset.collater([dataset[i] for i in batch]))
-                pooled = mean_pooled_states(module, sample, layer, pad_idx).cpu()
+                pooled = mean_pooled_states(model, sample, layer, pad_idx).cpu()
                 if table is None:
                     table = torch.zeros(len(dataset), pooled.shape[1])
                 table[sample["id"].cpu()] = pooled
     finally:
-        module.train(was_training)
+        model.train(was_training)
     if world_size > 1:
         width = torch.tensor([0 if table is None else table.shape[1]], dtype=torch.long)
         torch.distributed.all_reduce(width, op=torch.distributed.ReduceOp.MAX, group=group)
