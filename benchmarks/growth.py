@@ -10,7 +10,7 @@ Pre-registered before any run (protocol, metric and pass criteria are not re-tun
   with ``gpts_fairseq.growth.flops.update_flops``, expected masked count):
   ``fixed`` (the full model throughout); ``compound`` (layers=2, ffn=128, tokens=64 first);
   ``depth`` (layers=2 first); ``width`` (ffn=128 first). A growth arm spends the first half
-  of B in its small stage, then grows to the full model (stacking, width noise 0.01, Adam
+  of B in its small stage (rounded to a multiple of the validation interval), then grows to the full model (stacking, width noise 0.01, Adam
   state carried, LR re-warm over 20 updates) and trains until B is spent. So growth arms make
   more updates than ``fixed`` (the same tokens per update).
 - Validation every 20 updates on the first 12 validation batches at the reference masking

@@ -255,3 +255,24 @@ def test_fold_keeps_masks_and_drops_padding_rows():
     rejoined = torch.nn.functional.pad(tokens, (0, 4), value=1).view(3, 3, 12).reshape(9, 12)[:8]
     assert torch.equal(source, rejoined)
     assert torch.equal(folded["target"][source.ne(1)], target[tokens.ne(1)])
+
+
+def test_benchmark_arms_spend_the_same_counted_flops():
+    """benchmarks/growth.py: every arm's schedule spends the fixed arm's FLOPs (within one
+    update of the full model) and grows at a validated update."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import growth
+
+    settings = growth.Settings()
+    fixed = growth.plan("fixed", settings, vocab=105)
+    for arm in growth.ARMS:
+        schedule = growth.plan(arm, settings, vocab=105)
+        spent = growth.flops_at(schedule, schedule["updates"])
+        assert abs(spent - fixed["budget_flops"]) <= schedule["flops_per_update"][-1] / 2
+        if arm != "fixed":
+            assert schedule["stage_updates"][0] % settings.valid_every == 0
+            assert schedule["updates"] > fixed["updates"]
+            assert growth.flops_at(schedule, schedule["stage_updates"][0]) == pytest.approx(fixed["budget_flops"] / 2, rel=0.05)  # rounded to 20 updates
