@@ -63,6 +63,19 @@ def test_history_and_exact_resume(tiny_corpus, tmp_path):
     assert without_timing(read_history(resumed_dir)) == without_timing(history)
     assert json_log(resumed, "valid")[-1]["valid_loss"] == json_log(full, "valid")[-1]["valid_loss"]
 
+    # another reward definition is refused on resume, naming the option
+    refused = run_fairseq([*common, "--save-dir", resumed_dir, "--gpts-reward-batches", "2"], check=False)
+    assert refused.returncode != 0 and "--gpts-reward-batches: checkpoint 3, now 2" in refused.stderr
+
+    # --reset-optimizer: fairseq counts from 0 again, the interaction in progress keeps its length
+    reset_dir = tmp_path / "reset"
+    reset_dir.mkdir()
+    (reset_dir / "checkpoint_last.pt").write_bytes(checkpoint.read_bytes())
+    run_fairseq([*common, "--max-update", "8", "--reset-optimizer", "--save-dir", reset_dir])
+    reset_history = read_history(reset_dir)
+    assert [(r["update"], r["end_update"]) for r in reset_history] == [(5 * k, 5 * k + 5) for k in range(5)]
+    assert without_timing(reset_history[:3]) == without_timing(history[:3])  # the checkpoint's records
+
 
 def _free_port():
     with socket.socket() as sock:
@@ -202,6 +215,8 @@ def test_controller_resume_is_exact(tmp_path):
     resumed = _controller(tmp_path / "resumed")
     resumed.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True)["state"])
     assert resumed.psi == psis[-1]
+    clock = ("update", "epoch", "update_offset", "epoch_offset")
+    assert [resumed.state_dict()[k] for k in clock] == [first.state_dict()[k] for k in clock]  # saved before a step
     psis += _drive(resumed, range(17, 33), calls)
     assert psis == psis_full
     assert without_timing(read_history(tmp_path / "resumed")) == without_timing(read_history(tmp_path / "full"))
@@ -302,3 +317,18 @@ def test_allowed_change_of_arm_space_starts_the_bandit_afresh(tmp_path):
     assert resumed.psi == FIRST_PSI and resumed.loop.policy.rewards.numel() == 0
     _drive(resumed, range(23, 31), [])
     assert [r["interaction"] for r in read_history(tmp_path)] == [0, 1, 2, 3, 4, 5]
+
+
+def test_controller_keeps_epoch_interactions_when_fairseq_restarts_its_epochs(tmp_path):
+    """--reset-dataloader with one interaction per epoch: after the resume, the next fairseq
+    epoch ends the interaction in progress (not the one after the checkpoint's epoch number)."""
+    first, calls = _controller(tmp_path, every=0), []
+    inner = torch.nn.Linear(2, 2)
+    for update, epoch in enumerate([1, 1, 2, 2, 3, 3]):
+        first.step(inner, update, epoch, measure=_fake_loss(calls, inner))
+    resumed = _controller(tmp_path, every=0)
+    resumed.load_state_dict(first.state_dict())
+    for update, epoch in zip(range(6, 10), [1, 1, 2, 2]):  # the data loader starts again at epoch 1
+        resumed.step(inner, update, epoch, measure=_fake_loss(calls, inner))
+    history = read_history(tmp_path)
+    assert [(r["epoch"], r["update"], r["end_update"]) for r in history] == [(1, 0, 2), (2, 2, 4), (3, 4, 8)]
