@@ -204,7 +204,8 @@ class InteractionController:
                     self.loop.psi = Psi(**saved_loop["psi"])
                 except ValueError as error:
                     logger.warning(f"gpts: the bandit starts afresh from the first psi ({error})")
-            self.loop.history = history
+            if leader:
+                self.loop.history = history
             self.loop.interaction = int(saved_loop["interaction"]) if saved_loop is not None else 0
             self.loop.started = False  # measure a new start loss at the next step
         if leader and self.save_dir is not None and (history or self.loop is not None):
