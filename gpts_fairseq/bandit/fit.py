@@ -83,7 +83,7 @@ def fit_hyperparameters(model: SurrogateGP, x: torch.Tensor, y: torch.Tensor, se
             optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
             previous = None
             for _ in range(settings.max_iter):
-                loss = float(loss_and_grad())
+                loss = float(loss_and_grad().detach())
                 optimizer.step()
                 if previous is not None and abs(previous - loss) < settings.tolerance:
                     break
