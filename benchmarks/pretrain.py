@@ -111,6 +111,7 @@ MIN_DECISIONS = 10
 # fit r = +0.011 rho_k - 0.008 rho_{k-1} per 20-update interaction
 ARM_EFFECT_PER_UPDATE = (0.011 - 0.008) / 20
 ARM_GAP = 0.15
+FORWARD_COST = 1 / 3  # a forward pass over a batch, in training updates, where it cannot be measured
 TREND_WINDOW = 200  # updates either side of a validation for its local trend (reward_noise)
 GP_DECISION_S = 0.014  # median GP-TS decision of the earlier protocol's gp-ts-rho runs (153 decisions)
 INTERACTION_UPDATES = 100  # fixed from the pilots' measurement (interaction_length.json, README)
@@ -352,7 +353,9 @@ def run_one(corpus: str, data_dir: Path, policy: Policy, seed: int, settings: Se
 
 def measured_costs(log: Path) -> tuple[float, float]:
     """(seconds per training update, forward pass over one batch in updates) from fairseq's
-    throughput lines (medians: train ``wps``/``wpb``, valid ``valid_wps``/``valid_wpb``)."""
+    throughput lines (medians: train ``wps``/``wpb``, valid ``valid_wps``/``valid_wpb``).
+    A run too short for fairseq to time its validation (``valid_wps`` 0) gets the usual
+    estimate, ``FORWARD_COST``."""
     update_s, forward_s = [], []
     for stats in iter_log_records(log):
         for wps, wpb in (("wps", "wpb"), ("train_wps", "train_wpb")):  # per log interval / per epoch
@@ -360,17 +363,19 @@ def measured_costs(log: Path) -> tuple[float, float]:
                 update_s.append(float(stats[wpb]) / float(stats[wps]))
         if "valid_wps" in stats and "valid_wpb" in stats and float(stats["valid_wps"]) > 0:
             forward_s.append(float(stats["valid_wpb"]) / float(stats["valid_wps"]))
-    if not update_s or not forward_s:
-        raise ValueError(f"{log}: no train and valid throughput lines to measure costs from")
+    if not update_s:
+        raise ValueError(f"{log}: no train throughput lines to measure the update time from")
     update = statistics.median(update_s)
-    return update, statistics.median(forward_s) / update
+    return update, statistics.median(forward_s) / update if forward_s else FORWARD_COST
 
 
 def compute_accounting(log: Path, interactions, settings: Settings, policy: Policy) -> dict:
     """Update-equivalents of one run: updates, plus (for policies that use rewards) every
     reward pass at the measured forward cost and every decision at the measured update time."""
     update_s, forward_cost = measured_costs(log)
-    passes = len(interactions) + 1  # the task measures the reference loss once before interaction 0
+    # the task measures the reference loss before update 0 and at every interaction boundary
+    # inside the budget (for every policy; a constant one writes no history of them)
+    passes = 1 + (settings.budget_updates - 1) // settings.interaction_updates
     decision_s = sum(i.decision_time_s or 0.0 for i in interactions)
     batches = settings.eval_batches
     reward_ue = passes * batches * forward_cost + decision_s / update_s
