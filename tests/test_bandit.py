@@ -84,7 +84,7 @@ def _decisions():
 
 
 @pytest.mark.parametrize("name, options", [
-    ("random", {}), ("gp-ts", {}), ("gp-ts", {"context": "progress"}),
+    ("random", {}), ("gp-ts", {}), ("gp-ts", {"context": "progress"}), ("gp-ts", {"reward_model": "trend"}),
     ("schedule", {"psi_start": {"mask_prob": 0.3, "leave_unmasked_prob": 0.9, "random_token_prob": 0.1},
                   "psi_end": {"mask_prob": 0.15, "leave_unmasked_prob": 0.0, "random_token_prob": 1.0}}),
 ])
@@ -98,7 +98,7 @@ def test_every_decision_obeys_the_constraint(name, options):
         psi = decision.psi
         assert psi["leave_unmasked_prob"] + psi["random_token_prob"] <= 1 + 1e-12
         assert all(0 <= value <= 1 for value in psi.values())
-        policy.observe(decision.arm, problem.reward(decision.arm, t / 12, t), t / 12)
+        policy.observe(decision.arm, problem.reward(decision.arm, t / 12, t), t / 12, start_loss=5.0 - 0.1 * t)
 
 
 def test_paper_grids_have_the_papers_arms():
