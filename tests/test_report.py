@@ -24,6 +24,7 @@ from matplotlib import image as mpimg  # noqa: E402
 
 from gpts_fairseq.report import cli  # noqa: E402
 from gpts_fairseq.report.history import (  # noqa: E402
+    Run,
     RunFormatError,
     RunInfo,
     discover_runs,
@@ -33,7 +34,13 @@ from gpts_fairseq.report.history import (  # noqa: E402
     run_from_result,
 )
 from gpts_fairseq.report.plots import choose_interactions  # noqa: E402
-from gpts_fairseq.report.summary import mean_curve, reference_target, updates_to_reach  # noqa: E402
+from gpts_fairseq.report.summary import (  # noqa: E402
+    final_loss,
+    mean_curve,
+    one_sided_upper_bound,
+    reference_target,
+    updates_to_reach,
+)
 
 UPDATES = [10, 20, 30, 40]
 RHO_ARMS = [round(0.05 * k, 2) for k in range(1, 11)]
@@ -138,6 +145,19 @@ def test_numbers_by_hand(runs_root):
     gp = [r for r in runs if r.info.label == "gp-ts-rho"]
     assert [updates_to_reach(r.val_curve, target) for r in gp] == [30, 40]
     assert [loss for _, loss in mean_curve(gp)] == pytest.approx([9.55, 8.05, 7.58, 7.3])
+
+
+def test_final_loss_of_the_last_validations_and_the_one_sided_bound():
+    run = Run("r", RunInfo(label="x"), [], [(10, 5.0), (20, 4.0), (30, 3.5), (40, 3.0)])
+    assert final_loss(run) == 3.0 and final_loss(run, 3) == pytest.approx(3.5)
+    assert final_loss(Run("e", RunInfo(label="x"), [], [])) is None
+    # mean 0.002, sd 0.003, n 9: t(0.90, 8) = 1.3968 -> 0.002 + 1.3968 * 0.001
+    diffs = [0.002 + 0.003 * z for z in (-1.5, -1, -0.5, 0, 0, 0, 0.5, 1, 1.5)]
+    sd = float(np.std(diffs, ddof=1))
+    assert one_sided_upper_bound(diffs, 0.9) == pytest.approx(0.002 + 1.396815 * sd / 3, rel=1e-5)
+    assert one_sided_upper_bound(diffs, 0.5) == pytest.approx(0.002)
+    with pytest.raises(ValueError, match="at least 2 values"):
+        one_sided_upper_bound([0.1])
 
 
 def test_report_writes_every_plot_and_the_right_table(runs_root, tmp_path, capsys):
