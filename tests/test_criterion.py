@@ -1,6 +1,8 @@
 """The gpts_masked_lm criterion: the <mask>/random/kept split knows which position each logit
 row is, and the gpts training step waits on the host no more often than fairseq's own."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -70,18 +72,40 @@ def test_gpts_path_adds_no_host_sync(tiny_corpus, monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpts_train_step_never_syncs_on_cuda(tiny_corpus):
+    """What gpts adds to a training step (ψ, masking, the statistics) runs under
+    set_sync_debug_mode("error"); the whole step syncs as often as fairseq's masked_lm step
+    (its boolean indexing of the selected positions does)."""
     task, model, criterion = _setup(tiny_corpus, "gpts_masked_lm")
+    masked_lm = _setup(tiny_corpus, "masked_lm")[2]
     model = model.cuda()
     sample = fairseq.utils.move_to_cuda(_clean_batch(task))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     optimizer.backward = lambda loss: loss.backward()
     task.train_step(sample, model, criterion, optimizer, update_num=0)  # warm-up (allocations, lazy init)
     torch.cuda.synchronize()
+    masked = task.mask_sample(sample, task.psi, step=1)
+    with torch.no_grad():
+        logits = model(**masked["net_input"])[0]
     torch.cuda.set_sync_debug_mode("error")
     try:
-        task.train_step(sample, model, criterion, optimizer, update_num=1)
+        psi = task.interactions.step(model, 1, 1, measure=None)
+        masked = task.mask_sample(sample, psi, step=1)
+        criterion._masking_statistics(masked, logits, None)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+    def syncs(step):
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    stock = syncs(lambda: FairseqTask.train_step(task, masked, model, masked_lm, optimizer, update_num=1))
+    assert syncs(lambda: task.train_step(sample, model, criterion, optimizer, update_num=1)) == stock
 
 
 @pytest.mark.parametrize("project_all", [False, True])
