@@ -8,7 +8,6 @@ hooks; where things happen:
 - choosing ψ: ``interactions.InteractionController``, called once per ``train_step``.
 """
 
-import argparse
 import logging
 import math
 from dataclasses import dataclass, field
@@ -27,7 +26,6 @@ from fairseq.data import (
     data_utils,
 )
 from fairseq.dataclass import ChoiceEnum
-from fairseq.distributed import utils as distributed_utils
 from fairseq.logging import metrics
 from fairseq.tasks import register_task
 from fairseq.tasks.masked_lm import MaskedLMConfig, MaskedLMTask
@@ -44,6 +42,7 @@ from ..masking.spec import PSI_FIELDS
 from ..growth import hooks as growth
 from ..subsets.options import SubsetConfig, validate_subset_config
 from ..subsets.task import SubsetTaskMixin
+from . import fairseq_compat
 from .interactions import InteractionController
 from .options import build_policy, reward_options, validate_config
 
@@ -51,13 +50,6 @@ from .options import build_policy, reward_options, validate_config
 from ..criterions import gpts_masked_lm  # noqa: F401
 
 logger = logging.getLogger(__name__)
-
-# fairseq stores its command line (an argparse.Namespace) in every checkpoint, and torch >= 2.6
-# loads checkpoints with weights_only=True, which refuses it: without this, no fairseq run
-# trained from the command line could be resumed. Namespace is a plain attribute holder.
-# Likewise fairseq's broadcast_object (used to share a checkpoint between ranks on resume)
-# pickles tensors as _TensorPlaceholder markers. Both are plain data holders.
-torch.serialization.add_safe_globals([argparse.Namespace, distributed_utils._TensorPlaceholder])
 
 VALID_STEP = 0  # masking step of validation; training uses the epoch (>= 1)
 PSI_LOG_NAMES = ("psi_rho", "psi_gamma", "psi_lambda")  # the ψ in force, logged every step
@@ -132,6 +124,7 @@ class GPTSMaskedLMTask(SubsetTaskMixin, MaskedLMTask):
     cfg: GPTSMaskedLMConfig
 
     def __init__(self, cfg: GPTSMaskedLMConfig, dictionary=None):
+        fairseq_compat.install()  # fairseq builds the task before it loads a checkpoint
         # every option is checked, and the policy built, before any data is read
         first, self.reference_psi = validate_config(cfg)
         validate_subset_config(cfg)
