@@ -10,7 +10,6 @@ import pytest
 from conftest import REPO, SHARED_DATA
 
 EXAMPLES = REPO / "examples"
-pytestmark = pytest.mark.e2e
 
 
 def one_thread_env():
@@ -89,6 +88,7 @@ def run_script(*args, check=True):
     return proc
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("tokenizer", ["chars", "gpt2-bpe", "sentencepiece"])
 def test_raw_text_to_gp_ts_run(tmp_path, tokenizer):
     if tokenizer == "sentencepiece":
@@ -126,6 +126,7 @@ def test_raw_text_script_names_what_is_missing(tmp_path, args, message):
     assert proc.returncode == 2 and message in proc.stderr and not (tmp_path / "o").exists()
 
 
+@pytest.mark.e2e
 def test_plain_pytorch_loop_learns_and_moves_psi(tmp_path):
     """Masking op + bandit without fairseq: the validation loss falls and GP-TS plays more
     than one ρ of the paper's grid."""
