@@ -23,7 +23,8 @@ under ``benchmarks/results/pretrain/`` as its record):
    decisions on every corpus and a lasting arm effect >= 1 sigma(L), the effect extrapolated
    from the earlier protocol's fit (r = +0.011 rho_k - 0.008 rho_{k-1} per 20 updates: a
    lasting 0.003 per unit rho per 20 updates, linear in L) for a rho gap of 0.15; if no
-   candidate meets all three, the smallest meeting the first two, and that is reported.
+   candidate meets all three, the smallest meeting the first two, and that is reported. The
+   driver applies the rule itself once every pilot is in (``--interaction-updates`` overrides).
 3. **Suite**: policies ``constant-0.15/0.30/0.45``, ``schedule-0.30-0.15``, ``random``,
    ``gp-ts-rho`` (stationary GP over the 10 rho arms) and ``gp-ts-trend`` (the same arms with
    ``--gpts-reward-model trend``); 3 corpora x seeds 1, 2, 3; every run validates every L
@@ -114,7 +115,6 @@ ARM_GAP = 0.15
 FORWARD_COST = 1 / 3  # a forward pass over a batch, in training updates, where it cannot be measured
 TREND_WINDOW = 200  # updates either side of a validation for its local trend (reward_noise)
 GP_DECISION_S = 0.014  # median GP-TS decision of the earlier protocol's gp-ts-rho runs (153 decisions)
-INTERACTION_UPDATES = 100  # fixed from the pilots' measurement (interaction_length.json, README)
 
 FINAL_VALIDATIONS = 3
 COMPUTE_SHARE = 0.85
@@ -180,7 +180,7 @@ class Settings:
     """
 
     budget_updates: int
-    interaction_updates: int = INTERACTION_UPDATES
+    interaction_updates: int
     eval_batches: int = 12
     batch_size: int = 16
     lr: float = 2e-3
@@ -613,20 +613,16 @@ def score(per_corpus: dict, corpora_names: Sequence[str], seeds: Sequence[int] =
     return [a, b, c]
 
 
-def _result_extra(run) -> dict:
-    return getattr(run, "extra", None) or {}
-
-
 def _compute_of(run) -> dict | None:
-    return _result_extra(run).get("compute")
+    return run.result.get("compute")
 
 
 def _interaction_updates(run) -> int:
-    return int(_result_extra(run).get("settings", {}).get("interaction_updates", INTERACTION_UPDATES))
+    return int(run.result["settings"]["interaction_updates"])
 
 
 def _eval_batches(run) -> int:
-    return int(_result_extra(run).get("settings", {}).get("eval_batches", 12))
+    return int(run.result["settings"]["eval_batches"])
 
 
 # -- results, summary and plots --------------------------------------------------------------
@@ -881,8 +877,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget-updates", type=int, default=None,
                         help="override the pilot's budget U (smoke tests); default: from the pilot")
     parser.add_argument("--pilot-max-updates", type=int, default=PILOT_MAX_UPDATES, help=argparse.SUPPRESS)
-    parser.add_argument("--interaction-updates", type=int, default=INTERACTION_UPDATES,
-                        help="updates per bandit interaction, also the validation interval")
+    parser.add_argument("--interaction-updates", type=int, default=None,
+                        help="updates per bandit interaction, also the validation interval; default: the "
+                             "length the pilots' measurement picks (pilot/interaction_length.json)")
     parser.add_argument("--eval-batches", type=int, default=12,
                         help="validation batches (the first K, fixed) for both the reward and the reported "
                              "validation loss; 0 = the whole validation split")
@@ -913,7 +910,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.text is not None and len(args.text) > 2:
         raise ValueError(f"--text takes one file or a TRAIN VALID pair, got {len(args.text)} paths")
     base = Settings(budget_updates=args.budget_updates or BUDGET_RANGE[0],
-                    interaction_updates=args.interaction_updates, eval_batches=args.eval_batches,
+                    interaction_updates=args.interaction_updates or 1, eval_batches=args.eval_batches,
                     threads=args.threads, tokenizer=args.tokenizer)
     base.validate()
     start = time.perf_counter()
@@ -930,9 +927,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"pilot {corpus}: U* = {pilots[corpus]['u_star']}, U = {pilots[corpus]['budget_updates_suite']}",
                   flush=True)
         measured = measure_interaction_length(list(pilots.values()), args.results_root, args.eval_batches)
-        print(f"interaction length from the pilots: {measured['chosen']} (using {args.interaction_updates})", flush=True)
+        length = args.interaction_updates or measured["chosen"]
+        print(f"interaction length from the pilots: {measured['chosen']}; the suite uses {length}", flush=True)
         if not args.pilot_only:
-            run_suite(args, base, data, pilots)
+            if length is None:
+                raise ValueError("no interaction length meets the overhead and decision limits on these pilots: "
+                                 "give --interaction-updates")
+            run_suite(args, replace(base, interaction_updates=length), data, pilots)
     summary = write_summary(args.results_root, work_root=args.work_root)
     print(f"summary: {summary} (wall time {time.perf_counter() - start:.0f} s)")
     return 0
@@ -942,6 +943,8 @@ def run_suite(args, base: Settings, data: dict, pilots: dict) -> None:
     """Seed-major: for seed, for corpus, every policy (gp-ts-trend last, and only once the
     task offers its reward model; a later call runs what was deferred)."""
     settings = {c: replace(base, budget_updates=args.budget_updates or pilots[c]["budget_updates_suite"]) for c in data}
+    for each in settings.values():
+        each.validate()
     jobs = [(c, POLICIES[p], s) for s in args.seeds for c in data for p in args.policies]
     deferred = []
 

@@ -123,7 +123,7 @@ def test_every_policy_maps_to_the_documented_task_options(tmp_path):
     assert "--gpts-reward-model" not in cmds["gp-ts-rho"]
     assert [p for p in pretrain.POLICIES][-1] == "gp-ts-trend"  # after the baselines of each block
     pilot = pretrain.run_args(tmp_path, tmp_path, pretrain.POLICIES["constant-0.15"], 0,
-                              pretrain.pilot_settings(pretrain.Settings(budget_updates=4000)))
+                              pretrain.pilot_settings(pretrain.Settings(budget_updates=4000, interaction_updates=100)))
     assert _option(pilot, "--validate-interval-updates") == "25" and _option(pilot, "--gpts-interaction-updates") == "4000"
     portable = pretrain.portable_args(cmds["random"][1:], tmp_path / "data", tmp_path / "save")
     assert not any(str(tmp_path) in a or str(REPO) in a for a in portable)
@@ -140,8 +140,9 @@ def test_every_policy_maps_to_the_documented_task_options(tmp_path):
 ])
 def test_bad_options_fail_before_any_work(tmp_path, argv, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        pretrain.main([*argv, "--results-root", str(tmp_path / "r"), "--data-root", str(tmp_path / "d")])
-    assert not (tmp_path / "d").exists()
+        pretrain.main([*argv, "--results-root", str(tmp_path / "r"), "--data-root", str(tmp_path / "d"),
+                       "--work-root", str(tmp_path / "w")])
+    assert not (tmp_path / "d").exists() and not (tmp_path / "w").exists()
 
 
 def _fake_result(root, corpus, policy, seed, curve, budget=None, compute=None):
@@ -202,9 +203,10 @@ def test_compute_accounting_from_fairseq_throughput(tmp_path):
 # -- the pre-registered criteria -----------------------------------------------------------
 
 CORPORA = ("wikitext-2", "linux", "war-and-peace")
-NO_REWARD_COST = {"update_s": 1.0, "forward_cost_updates": 0.0, "reward_passes": 8, "reward_batches": 12,
-                  "decision_s": 0.0, "reward_update_equivalents": 0.0, "charged_update_equivalents": 80.0,
-                  "interaction_overhead_share": 0.0}
+# a reward pass of 12 batches costs 4 updates; 8 passes over the 80-update run
+REWARD_COST = {"update_s": 1.0, "forward_cost_updates": 1 / 3, "reward_passes": 8, "reward_batches": 12,
+               "decision_s": 0.0, "reward_update_equivalents": 32.0, "charged_update_equivalents": 112.0,
+               "interaction_overhead_share": 0.4}
 
 
 def _suite(root, trend_shift, random_shift, seeds=(1, 2, 3), skip=()):
@@ -221,7 +223,7 @@ def _suite(root, trend_shift, random_shift, seeds=(1, 2, 3), skip=()):
             _fake_result(root, corpus, "random", seed, [x + wobble + random_shift for x in base])
             if (corpus, seed) not in skip:
                 trend = [9.0, 7.0, 5.0, 4.0 + wobble] + [4.0 + wobble + trend_shift] * 4
-                _fake_result(root, corpus, "gp-ts-trend", seed, trend, compute=NO_REWARD_COST)
+                _fake_result(root, corpus, "gp-ts-trend", seed, trend, compute=REWARD_COST)
 
 
 def _criteria(root):
@@ -232,9 +234,10 @@ def _criteria(root):
 def test_criteria_pass_when_the_new_policy_is_faster_close_to_the_best_and_beats_random(tmp_path):
     _suite(tmp_path, trend_shift=-0.012, random_shift=0.005)
     got = _criteria(tmp_path)
-    # (a) reaches 4.0 + wobble <= target at update 40 of 80 = 0.50 of the compute, every corpus
+    # (a) reaches 4.0 + wobble <= target at update 40 of 80, after 5 reward passes (updates 0,
+    # 10, ..., 40) of 4 updates each: (40 + 20) / 80 = 0.75 of the compute, on every corpus
     assert got["a"].status == "PASS" and "3 of 3 complete corpora pass" in got["a"].detail
-    assert "wikitext-2: 0.50 of constant-0.15's compute (update 40 of 80)" in got["a"].detail
+    assert "wikitext-2: 0.75 of constant-0.15's compute (update 40 of 80)" in got["a"].detail
     # (b) gap to constant-0.30: -0.002 on every pair, sd 0 -> bound -0.002
     assert got["b"].status == "PASS" and "mean gap -0.0020 bits" in got["b"].detail
     assert got["c"].status == "PASS" and "on 9 of 9 same-seed pairs" in got["c"].detail
@@ -261,6 +264,6 @@ def test_summary_prints_the_criteria_and_tables(tmp_path):
     text = pretrain.write_summary(tmp_path, work_root=tmp_path / "work").read_text()
     assert "- (c) incomplete: lower final loss than random on 3 of 3 same-seed pairs" in text
     assert "| linux | gp-ts-trend | 1 | 3.989 | -0.0120 (1/1) |" in text
-    assert "| linux | gp-ts-trend | 1 | 1.000 | 8 | 0 | 80 | 0.0% |" in text
+    assert "| linux | gp-ts-trend | 1 | 1.000 | 8 | 32 | 112 | 40.0% |" in text
     assert (tmp_path / "delta_vs_constant.png").is_file()
     assert (tmp_path / "linux" / "report" / "val_loss.png").is_file()
