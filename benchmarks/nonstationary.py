@@ -18,14 +18,22 @@ reported seeds 1-5): on the measured-structure problem, GP-TS with the trend mod
 lower mean cumulative regret over the 5 seeds than each of gp-ts, gp-ts context=progress and
 gp-ts window=10, and a lower regret on at least 4 of the 5 same-seed pairs against each. The
 verdict is printed and written to the JSON; a failure is reported as such.
+
+Replay (descriptive, no criterion): the rewards logged by the pre-training comparison
+(benchmarks/results/pretrain, the runs that played the whole ρ grid: random and the gp-ts-rho
+variants) are fed to each reward model in their logged order; counted are the runs whose
+posterior mean rises from ρ = 0.05 to ρ = 0.50 — the per-run regression of issue 9 found a
+positive ρ effect in every run once the trend was modelled.
 """
 
 import argparse
+import glob
 import json
 import os
 import statistics
+import warnings
 
-from gpts_fairseq.bandit import ArmSpace, make_policy
+from gpts_fairseq.bandit import ArmSpace, BanditWarning, make_policy
 from gpts_fairseq.bandit.synthetic import SyntheticProblem, TrendProblem, run_bandit
 
 PROBLEMS = {
@@ -44,6 +52,35 @@ POLICIES = {
 CRITERION_PROBLEM = "measured trend + paid-back arm effect"
 CRITERION_POLICY = "gp-ts, reward model=trend"
 CRITERION_RIVALS = ("gp-ts", "gp-ts, context=progress", "gp-ts, window=10")
+
+
+PRETRAIN_RESULTS = os.path.join(os.path.dirname(__file__), "results", "pretrain")
+REPLAY_POLICIES = ("random", "gp-ts-rho", "gp-ts-rho-progress", "gp-ts-rho-window")
+REWARD_MODELS = ("arm", "trend")
+
+
+def replay(results_dir=PRETRAIN_RESULTS) -> dict:
+    """Per reward model: the runs whose posterior mean at ρ = 0.50 exceeds that at 0.05 after
+    all of a logged run's rewards, and the rises themselves (reward units)."""
+    space = ArmSpace.paper_grid("rho")
+    rises = {model: {} for model in REWARD_MODELS}
+    for path in sorted(glob.glob(os.path.join(results_dir, "*", "*", "seed*.json"))):
+        with open(path) as handle:
+            run = json.load(handle)
+        if run["policy"] not in REPLAY_POLICIES or not run["interactions"]:
+            continue
+        name = os.path.relpath(path, results_dir)
+        for model in REWARD_MODELS:
+            policy = make_policy("gp-ts", space=space, seed=1, reward_model=model)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", BanditWarning)  # the first rewards of a run are clipped
+                for record in run["interactions"]:
+                    policy.observe(space.arm(record["psi"]), record["reward"], record["update"] / run["budget_updates"],
+                                   start_loss=record["prev_val_loss"])
+            _, mean, _ = policy.posterior(1.0)
+            rises[model][name] = float(mean[-1] - mean[0])
+    return {model: {"runs": len(values), "rising": sum(rise > 0 for rise in values.values()), "rise": values}
+            for model, values in rises.items()}
 
 
 def criterion(results) -> dict:
@@ -79,6 +116,11 @@ def main():
     for label in POLICIES:
         cells = [f"{results[p][label]['mean']:.1f} ± {results[p][label]['std']:.1f}" for p in PROBLEMS]
         print(f"| {label} | " + " | ".join(cells) + " |")
+    replayed = replay()
+    print("\nreplay of the logged pre-training rewards: runs whose posterior mean rises from rho 0.05 to 0.50")
+    for model, row in replayed.items():
+        print(f"  reward model {model}: {row['rising']} of {row['runs']} runs, median rise "
+              f"{statistics.median(row['rise'].values()):+.4f}")
     verdict = criterion(results)
     print(f"\npre-registered criterion ({CRITERION_POLICY} on '{CRITERION_PROBLEM}'):")
     for rival, row in verdict.items():
@@ -87,7 +129,8 @@ def main():
     os.makedirs(os.path.dirname(os.path.abspath(options.out)), exist_ok=True)
     with open(options.out, "w") as handle:
         json.dump({"interactions": options.interactions, "seeds": options.seeds, "results": results,
-                   "criterion": verdict, "criterion_passed": all(row["passed"] for row in verdict.values())},
+                   "criterion": verdict, "criterion_passed": all(row["passed"] for row in verdict.values()),
+                   "replay": replayed},
                   handle, indent=2)
     print(f"\nwrote {options.out}")
 
