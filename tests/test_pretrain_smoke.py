@@ -1,4 +1,5 @@
-"""benchmarks/pretrain.py end to end: every policy trains for two updates, results and summary are written."""
+"""benchmarks/pretrain.py end to end on a user's text: the pilot, then every policy for two
+updates; results, the criteria and the summary are written, and nothing reruns."""
 
 from __future__ import annotations
 
@@ -22,33 +23,39 @@ def _task_ready() -> bool:
 
 
 @pytest.mark.skipif(not _task_ready(), reason="needs the gpts_mlm task and the bandit")
-@pytest.mark.skipif(not (SHARED / "wikitext-2").is_dir(), reason="needs ../shared/data")
-def test_two_update_budget_runs_every_policy_end_to_end(tmp_path, monkeypatch):
+@pytest.mark.skipif(not (SHARED / "linux").is_dir(), reason="needs ../shared/data")
+def test_pilot_and_every_policy_on_a_user_text(tmp_path, monkeypatch, capsys):
+    lines = (SHARED / "linux" / "train.txt").read_text(encoding="utf-8").splitlines()[:400]
+    text = tmp_path / "mine.txt"
+    text.write_text("\n".join(lines) + "\n", encoding="utf-8")
     results = tmp_path / "results"
-    argv = ["--corpus", "wikitext-2", "--seeds", "1", "--budget-updates", "2", "--interaction-updates", "1",
-            "--max-lines", "60", "--jobs", "2", "--data-root", str(tmp_path / "data"),
-            "--work-root", str(tmp_path / "work"), "--results-root", str(results)]
+    argv = ["--corpus", "--text", str(text), "--text-name", "mine", "--seeds", "1",
+            "--pilot-max-updates", "4", "--budget-updates", "2", "--interaction-updates", "1", "--jobs", "2",
+            "--data-root", str(tmp_path / "data"), "--work-root", str(tmp_path / "work"), "--results-root", str(results)]
     assert pretrain.main(argv) == 0
+    pilot = json.loads(pretrain.pilot_path(results, "mine").read_text())
+    assert pilot["stopped_at"] == 4 and pilot["seed"] == 0 and pilot["settings"]["validate_updates"] == 25
+    assert pilot["u_star"] is None and pilot["budget_updates_suite"] == 4000  # 4 updates never get there
+    assert 0 < pilot["previous_token_entropy_bits"] < 8 and pilot["update_s"] > 0 and pilot["forward_cost_updates"] > 0
+    assert json.loads((results / "pilot" / "interaction_length.json").read_text())["rows"]
+    trend_ready = pretrain.reward_model_available("trend")
     for name, policy in pretrain.POLICIES.items():
-        result = json.loads(pretrain.result_path(results, "wikitext-2", name, 1).read_text())
-        assert result["budget_updates"] == 2 and result["corpus"] == "wikitext-2" and result["seed"] == 1
-        assert [u for u, _ in result["val_curve"]] == [1, 2]
-        assert result["final_val_loss"] == result["val_curve"][-1][1] > 0
-        assert result["wall_time_s"] > 0 and result["psi_sequence"]
-        if policy.gpts_policy == "constant":
-            assert {p["psi"]["mask_prob"] for p in result["psi_sequence"]} == {policy.psi[0]}
-        if policy.gpts_policy != "constant":  # one interaction finished, its choice held to the end
-            assert [(p["update"], p["end_update"]) for p in result["psi_sequence"]] == [(0, 1), (1, 2)]
-        assert result["settings"]["tokenizer"] == "char" and result["settings"]["eval_batches"] == 12
-    text = (results / "summary.md").read_text()
-    assert all(f"| {name} | 1 |" in text for name in pretrain.POLICIES)
-    for name in ("val_loss.png", "psi.png", "reward.png", "posterior_gp-ts-rho_seed_1.png"):
-        assert (results / "wikitext-2" / "report" / name).is_file()
-    # resumable: with the same settings every finished run is recognised and nothing is trained
-    monkeypatch.setattr(pretrain.subprocess, "run", lambda *a, **k: pytest.fail("a finished run was rerun"))
-    settings = pretrain.Settings(budget_updates=2, interaction_updates=1)
-    for policy in pretrain.POLICIES.values():
-        pretrain.run_one("wikitext-2", tmp_path / "data", policy, 1, settings, tmp_path / "work", results)
-    with pytest.raises(ValueError, match="other settings .*lr=0.002"):
-        pretrain.run_one("wikitext-2", tmp_path / "data", pretrain.POLICIES["random"], 1,
-                         pretrain.Settings(budget_updates=2, interaction_updates=1, lr=1e-3), tmp_path / "work", results)
+        path = pretrain.result_path(results, "mine", name, 1)
+        if policy.reward_model and not trend_ready:
+            assert not path.exists() and "deferred" in capsys.readouterr().out
+            continue
+        result = json.loads(path.read_text())
+        assert result["budget_updates"] == 2 and result["corpus"] == "mine" and result["seed"] == 1
+        assert [u for u, _ in result["val_curve"]] == [1, 2] and result["final_val_loss"] > 0
+        assert "/" not in json.dumps(result["run_info"]["fairseq_args"]).replace("<save>/", "")
+        compute = result["compute"]
+        assert compute["reward_passes"] == 2 and compute["forward_cost_updates"] > 0
+        charged = compute["charged_update_equivalents"]
+        assert charged > 2 if policy.uses_rewards else charged == 2
+    text_md = (results / "summary.md").read_text()
+    assert "## Pre-registered criteria (gp-ts-trend)" in text_md and "(c) incomplete" in text_md
+    assert (results / "mine" / "report" / "val_loss.png").is_file()
+    # resumable: the pilot and every finished run are recognised, nothing trains again
+    monkeypatch.setattr(pretrain.subprocess, "Popen", lambda *a, **k: pytest.fail("a finished run was rerun"))
+    monkeypatch.setattr(pretrain, "reward_model_available", lambda name="trend": False)
+    assert pretrain.main(argv) == 0
