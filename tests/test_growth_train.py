@@ -106,3 +106,16 @@ def test_bad_options_are_named_before_training(tiny_corpus, tmp_path, extra, mes
     assert proc.returncode != 0
     assert re.search(message, proc.stderr)
     assert "num. model params" not in proc.stdout + proc.stderr  # stopped while building the model
+
+
+def test_growth_composes_with_gp_ts_and_subsets(tiny_corpus, tmp_path):
+    """One run: compound growth, GP-TS masking and INGENIOUS subsets (selected with the features
+    of the grown model from epoch 2 on)."""
+    from gpts_fairseq.subsets.store import load_subset
+
+    proc = run_fairseq([tiny_corpus, *TINY_MODEL, *GROW, *GP_TS, "--grow-stages", "0:layers=1,ffn=16,tokens=32;4:layers=2",
+                        "--subset-selector", "ingenious", "--subset-partition-size", "40", "--subset-warmup-epochs", "1",
+                        "--max-epoch", "3", "--save-dir", tmp_path])  # saving: the selections are files
+    output = proc.stdout + proc.stderr
+    assert [g[0] for g in growths(proc)] == [4] and "gpts: interaction" in output
+    assert [load_subset(str(tmp_path), epoch)["kind"] for epoch in (2, 3)] == ["ingenious", "ingenious"]
