@@ -1,7 +1,7 @@
 """Does GP-TS pre-train faster? A pre-registered comparison of masking policies past the
 previous-character plateau.
 
-Protocol (fixed before any suite run; the earlier protocol's 81 runs of 360 updates are kept
+Protocol (fixed before any suite run; the earlier protocol's 90 runs of 360 updates are kept
 under ``benchmarks/results/pretrain/`` as its record):
 
 1. **Pilot** (seed 0, reported, not scored). Per corpus, ``constant-0.15`` trains with the
