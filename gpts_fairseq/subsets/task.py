@@ -5,15 +5,17 @@ before the task's state is restored): the epoch's subset is chosen there, in the
 and handed to fairseq as a dataset whose ``ordered_indices`` returns it.
 """
 
-import logging
+import inspect
+
+from fairseq.tasks import FairseqTask
 
 from .dataset import EpochSubsetDataset
 from .epochs import EpochSubsets
 from .options import subsets_enabled
 
-logger = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "subset"
+_ITERATOR_SIGNATURE = inspect.signature(FairseqTask.get_batch_iterator)  # to read epoch & batch size however passed
 
 
 class SubsetTaskMixin:
@@ -30,11 +32,13 @@ class SubsetTaskMixin:
         self._subset_model = model  # the features of a selection come from the model being trained
         return model
 
-    def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, epoch=1, **kwargs):
+    def get_batch_iterator(self, dataset, *args, **kwargs):
+        options = _ITERATOR_SIGNATURE.bind(self, dataset, *args, **kwargs)
+        options.apply_defaults()
+        epoch, max_tokens, max_sentences = (options.arguments[name] for name in ("epoch", "max_tokens", "max_sentences"))
         beyond_training = 0 < self.cfg.max_epoch < epoch  # fairseq asks for one epoch more than it trains
         if self.subsets is None or beyond_training or dataset is not self.datasets.get(self.cfg.train_subset):
-            return super().get_batch_iterator(dataset, max_tokens=max_tokens, max_sentences=max_sentences,
-                                              epoch=epoch, **kwargs)
+            return super().get_batch_iterator(dataset, *args, **kwargs)
         if self._subset_model is None and self.cfg.subset_selector == "ingenious":
             raise ValueError("--subset-selector ingenious needs the model: build it with the task's build_model")
 
@@ -43,8 +47,7 @@ class SubsetTaskMixin:
                                          max_sentences=max_sentences)
 
         indices = self.subsets.for_epoch(epoch, dataset, self._subset_model, feature_batches)
-        return super().get_batch_iterator(EpochSubsetDataset(dataset, indices.numpy()), max_tokens=max_tokens,
-                                          max_sentences=max_sentences, epoch=epoch, **kwargs)
+        return super().get_batch_iterator(EpochSubsetDataset(dataset, indices.numpy()), *args, **kwargs)
 
     def subset_checkpoint_state(self) -> dict:
         """The one entry of the task's checkpoint dict: the selection in force and its hash."""
