@@ -23,7 +23,6 @@ FAIRSEQ_SPEC ?= ve-fairseq==0.12.3
 # a second (CUDA) torch and is used only by speech tasks, hence --no-deps plus this list.
 FAIRSEQ_DEPS := cffi cython "hydra-core>=1.3.2,<1.4" "omegaconf>=2.1,<2.4" numpy regex \
 	"sacrebleu>=1.4.12" tqdm bitarray scikit-learn packaging
-TEST_DEPS := "pytest>=7" "hypothesis>=6" ninja
 STAMP := $(VENV)/.gpts-fairseq-installed
 SOURCES := setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.cu)
 
