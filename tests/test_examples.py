@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, SHARED_DATA
+from conftest import REPO, SHARED_DATA, run_fairseq
 
 EXAMPLES = REPO / "examples"
 
@@ -32,12 +32,8 @@ def test_roberta_hydra_recipe(tiny_corpus, tmp_path):
         "model.encoder_attention_heads=2", "model.max_positions=64",
         f"checkpoint.save_dir={tmp_path / 'save'}", f"hydra.run.dir={tmp_path / 'hydra'}",
     ]
-    proc = subprocess.run(
-        [sys.executable, "-m", "fairseq_cli.hydra_train", "--config-dir", EXAMPLES / "roberta/config/pretraining",
-         "--config-name", "base", *overrides],
-        capture_output=True, text=True, env=one_thread_env(), timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_fairseq(["--config-dir", EXAMPLES / "roberta/config/pretraining", "--config-name", "base", *overrides],
+                tool="hydra_train")
     records = history(tmp_path / "save")
     assert [r["end_update"] for r in records] == [2, 4]  # interactions ended at updates 2 and 4
     assert all(r["reward"] is not None for r in records)
