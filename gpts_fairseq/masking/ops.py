@@ -24,6 +24,7 @@ def _check_table(args, name, dtype, aten_name):
     table = getattr(args, name)
     torch._check_type(table.dtype == dtype, lambda: f"mask_tokens: {name} must be {aten_name}, got {table.dtype}")
     torch._check_value(table.dim() == 1, lambda: f"mask_tokens: {name} must be 1-D, got shape {list(table.shape)}")
+    torch._check_value(table.is_contiguous(), lambda: f"mask_tokens: {name} must be contiguous")
     torch._check_value(
         table.device == args.tokens.device,
         lambda: f"mask_tokens: {name} must be on the device of tokens ({args.tokens.device}), got {table.device}",
@@ -39,15 +40,19 @@ def check_metadata(args: MaskTokensArgs) -> None:
     """The real kernels' argument checks that need no tensor values (csrc/mask_tokens.cpp,
     ``check_args``), with the same error types and messages."""
     tokens, sample_ids = args.tokens, args.sample_ids
-    torch._check_type(tokens.dtype in _INDEX_DTYPES, lambda: f"mask_tokens: tokens must be int32 or int64, got {tokens.dtype}")
-    torch._check_value(tokens.dim() == 2, lambda: f"mask_tokens: tokens must be 2-D [batch, length], got shape {list(tokens.shape)}")
+    torch._check_type(tokens.dtype in _INDEX_DTYPES,
+                      lambda: f"mask_tokens: tokens must be int32 or int64, got {tokens.dtype}")
+    torch._check_value(tokens.dim() == 2,
+                       lambda: f"mask_tokens: tokens must be 2-D [batch, length], got shape {list(tokens.shape)}")
     torch._check_value(tokens.is_contiguous(), lambda: "mask_tokens: tokens must be contiguous")
-    torch._check_type(sample_ids.dtype == torch.int64, lambda: f"mask_tokens: sample_ids must be int64, got {sample_ids.dtype}")
+    torch._check_type(sample_ids.dtype == torch.int64,
+                      lambda: f"mask_tokens: sample_ids must be int64, got {sample_ids.dtype}")
     torch._check_value(
         sample_ids.dim() == 1 and sample_ids.shape[0] == tokens.shape[0],
         lambda: f"mask_tokens: sample_ids must have shape [{tokens.shape[0]}] (one id per row of tokens), "
                 f"got {list(sample_ids.shape)}",
     )
+    torch._check_value(sample_ids.is_contiguous(), lambda: "mask_tokens: sample_ids must be contiguous")
     torch._check_value(
         sample_ids.device == tokens.device,
         lambda: f"mask_tokens: sample_ids must be on the device of tokens ({tokens.device}), got {sample_ids.device}",
