@@ -148,13 +148,16 @@ def test_the_trend_model_needs_the_start_loss():
 
 def test_robust_standardise():
     rewards = torch.tensor([0.010, 0.012, 0.008, 0.011, 0.009, -126235.0], dtype=torch.float64)
-    y, centre, scale, clipped = robust_standardise(rewards)
-    assert centre == pytest.approx(0.0095)
-    assert scale == pytest.approx(1.4826 * 0.0015)
+    y, shift, scale, clipped = robust_standardise(rewards)
     assert clipped.tolist() == [False] * 5 + [True]
-    assert float(y[-1]) == -ROBUST_CLIP and y.abs().max() <= ROBUST_CLIP
-    _, _, scale, _ = robust_standardise(torch.tensor([0.01, 0.01, 0.01, 0.02], dtype=torch.float64))
-    assert scale == pytest.approx(float(torch.tensor([0.01, 0.01, 0.01, 0.02]).std(correction=0)))  # MAD 0
+    spread = 1.4826 * 0.0015  # the MAD around the median 0.0095
+    winsorised = rewards.clone()
+    winsorised[-1] = 0.0095 - ROBUST_CLIP * spread
+    assert shift == pytest.approx(float(winsorised.mean())) and scale == pytest.approx(float(winsorised.std(correction=0)))
+    assert torch.allclose(y, (winsorised - shift) / scale)
+    clean = rewards[:5]  # no outlier: a plain z-score
+    y, shift, scale, clipped = robust_standardise(clean)
+    assert not clipped.any() and torch.equal(y, (clean - clean.mean()) / clean.std(correction=0))
 
 
 @pytest.mark.parametrize("reward_model", ["arm", "trend"])
@@ -170,7 +173,7 @@ def test_one_outlier_reward_has_a_bounded_influence(reward_model):
             arm = space.candidates[t % len(space)]
             reward = 0.01 + 0.002 * float(torch.randn((), generator=generator, dtype=torch.float64))
             policy.observe(arm, reward, t / 20, start_loss=5.0 - 0.01 * t)
-        with pytest.warns(BanditWarning, match="robust standard deviations from the median.*clipped"):
+        with pytest.warns(BanditWarning, match="lies more than 10 robust standard deviations .* clipped"):
             policy.observe(space.candidates[3], outlier, 12 / 20, start_loss=4.8)
         posteriors.append(policy.posterior(13 / 20))
     (_, mean_a, std_a), (_, mean_b, std_b) = posteriors

@@ -233,8 +233,9 @@ class GPThompsonPolicy(Policy):
     and noise (MAP instead of plain ML-II, which with a handful of noisy rewards often lands
     on "all noise" or vanishing length-scales), fitted by warm-started L-BFGS. The paper's
     set-up is ``priors="none", fit=FitSettings.paper()``. The GP sees the rewards robustly
-    standardised (``rewards.robust_standardise``: median/MAD, clipped at ±10, a BanditWarning
-    when a new reward is clipped), so one diverging interaction cannot dominate it.
+    standardised (``rewards.robust_standardise``: clipped at ±10 robust standard deviations from
+    the median, a BanditWarning when a new reward is, then z-scored), so one diverging
+    interaction cannot dominate it.
 
     ``reward_model="arm"`` (the paper's): a GP over the arms; ``context="progress"`` adds
     training progress as an input (contextual GP-TS), ``window=W`` fits the last W
@@ -348,9 +349,9 @@ class GPThompsonPolicy(Policy):
     def _refit(self):
         x, y, shift, scale, clipped = self._training_data()
         if clipped.numel() and bool(clipped[-1]):
-            warnings.warn(f"gp-ts: reward {float(self.rewards[-1]):.6g} lies {abs(float(self.rewards[-1]) - shift) / scale:.1f} "
-                          f"robust standard deviations from the median {shift:.6g}; the GP sees it clipped to "
-                          f"±{ROBUST_CLIP}", BanditWarning, stacklevel=3)
+            warnings.warn(f"gp-ts: reward {float(self.rewards[-1]):.6g} lies more than {ROBUST_CLIP:g} robust standard "
+                          f"deviations (1.4826 MAD) from the median of the {len(y)} rewards the GP sees; it is "
+                          "clipped to that distance", BanditWarning, stacklevel=3)
         with single_thread():
             try:
                 result = fit_hyperparameters(self.model, x, y, self.fit_settings)

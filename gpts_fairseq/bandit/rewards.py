@@ -5,10 +5,10 @@ its printed formula corrected (a lower loss gives a positive reward). ``differen
 r = l_prev - l, what the authors' code computes. A missing or non-finite loss gives no reward
 (``None``): the caller keeps the arm, warns, and does not feed the bandit.
 
-``robust_standardise`` is how the GP sees the rewards: centred on their median, scaled by
-their MAD, clipped at ±ROBUST_CLIP, so that one reward far outside the others (a diverging
-run gives rewards like -126,235) moves the fit by a bounded amount: beyond the clip its size
-no longer matters.
+``robust_standardise`` is how the GP sees the rewards: moved to within ±ROBUST_CLIP robust
+standard deviations of their median, then z-scored, so that one reward far outside the others
+(a diverging run gives rewards like -126,235) moves the fit by a bounded amount: beyond the
+clip its size no longer matters.
 """
 
 import math
@@ -48,16 +48,23 @@ def compute_reward(prev_loss: float | None, loss: float | None, kind: str = "rel
 
 
 def robust_standardise(rewards: torch.Tensor, clip: float = ROBUST_CLIP):
-    """(standardised rewards, centre, scale, clipped mask): (r - median) / (1.4826 MAD),
-    clipped to [-clip, clip]. The scale falls back to the standard deviation when over half
-    the rewards are equal (MAD 0), and to 1 when that is 0 too."""
+    """(standardised rewards, shift, scale, clipped mask). Rewards farther than ``clip`` robust
+    standard deviations (1.4826 MAD) from their median are first moved to that distance, then
+    all are standardised by their mean and standard deviation: rewards with no outlier are
+    standardised exactly as a plain z-score (MAD scaling itself would inflate them once the
+    policy concentrates and the MAD shrinks to one arm's noise), and an outlier's influence is
+    bounded by the clip — how far beyond it lies no longer matters. The robust scale falls back
+    to the standard deviation when over half the rewards are equal (MAD 0)."""
     if rewards.numel() == 0:
         return rewards.clone(), 0.0, 1.0, torch.zeros(0, dtype=torch.bool)
-    centre = float(rewards.quantile(0.5))  # the median, midpoint of the two middle ones for even n
-    scale = MAD_TO_SD * float((rewards - centre).abs().quantile(0.5))
-    if not (scale > 0.0 and math.isfinite(scale)):
-        scale = float(rewards.std(correction=0))
-    if not (scale > 0.0 and math.isfinite(scale)):
-        scale = 1.0
-    z = (rewards - centre) / scale
-    return z.clamp(-clip, clip), centre, scale, z.abs() > clip
+    median = float(rewards.quantile(0.5))  # the midpoint of the two middle ones for even n
+    spread = MAD_TO_SD * float((rewards - median).abs().quantile(0.5))
+    if not (spread > 0.0 and math.isfinite(spread)):
+        spread = float(rewards.std(correction=0))
+    clipped = (rewards - median).abs() > clip * spread if spread > 0.0 else torch.zeros_like(rewards, dtype=torch.bool)
+    if spread > 0.0:
+        rewards = rewards.clamp(median - clip * spread, median + clip * spread)
+    shift = float(rewards.mean())
+    scale = float(rewards.std(correction=0)) if rewards.numel() > 1 else 0.0
+    scale = scale if scale > 0.0 and math.isfinite(scale) else 1.0
+    return (rewards - shift) / scale, shift, scale, clipped
