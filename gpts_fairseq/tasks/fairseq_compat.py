@@ -56,7 +56,7 @@ FAIRSEQ_CHECKPOINT_GLOBALS = (
     DictConfig, ListConfig, AnyNode, ContainerMetadata, Metadata,
     typing.Any, dict, list, int, collections.defaultdict,
 )
-PREFETCH_STOP_TIMEOUT_S = 60.0  # per thread: one batch to finish, however large
+PREFETCH_STOP_TIMEOUT_S = 60.0  # for all of them: each finishes one batch; a stuck one cannot hang the exit
 
 
 def install() -> None:
@@ -74,11 +74,11 @@ def allow_fairseq_checkpoints() -> None:
 
 def stop_prefetch_threads() -> None:
     """End every live fairseq prefetch thread, so none is inside a torch op at finalisation."""
+    deadline = time.monotonic() + PREFETCH_STOP_TIMEOUT_S
     for thread in threading.enumerate():
         if not isinstance(thread, BackgroundConsumer):
             continue
         thread._max_len = 0  # its loop ends after the next put (fairseq 0.12's stop condition)
-        deadline = time.monotonic() + PREFETCH_STOP_TIMEOUT_S
         while thread.is_alive() and time.monotonic() < deadline:
             try:
                 thread._queue.get_nowait()  # room for that put and the end marker
