@@ -14,7 +14,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from gpts_fairseq.growth.flops import update_flops
 from gpts_fairseq.growth.hooks import before_update, fold_rows
 from gpts_fairseq.growth.model import GrowRobertaModel
-from gpts_fairseq.growth.operators import first_adam_step_ratio
 from gpts_fairseq.growth.stages import Stage, parse_stages
 from gpts_fairseq.tasks.gpts_mlm import GPTSMaskedLMTask
 
@@ -197,6 +196,13 @@ def test_inactive_layers_get_no_step_and_no_weight_decay():
     train(model, optimizer, 6)
     assert torch.equal(model.layers[3].fc1.weight, frozen)
     assert model.layers[3].fc1.weight.grad is None
+
+
+def first_adam_step_ratio(beta1, beta2, step):
+    """Adam's first update with zero moments and a carried count ``step`` over a fresh first
+    update: ((1 - b1) / (1 - b1^t)) / sqrt((1 - b2) / (1 - b2^t)), t = step + 1, no eps."""
+    t = step + 1
+    return ((1 - beta1) / (1 - beta1 ** t)) / ((1 - beta2) / (1 - beta2 ** t)) ** 0.5
 
 
 def test_carried_step_count_with_zero_moments_mis_sizes_the_first_step():

@@ -18,7 +18,7 @@ source's moments and step, fc1 moments of tiled units scaled like their gradient
 1/c² for second moments), so the first step after growth is the size it would have been.
 Zero-initialised layers and ``reset`` drop the state: the next step starts Adam afresh
 (step 1, bias-corrected). The trap both avoid: a carried step count with zero moments
-(see ``first_adam_step_ratio``).
+(measured in tests/test_growth.py).
 """
 
 from __future__ import annotations
@@ -111,11 +111,3 @@ def zero_residual_branches(layer, *, state=None) -> None:
         for param in layer.parameters():
             state.pop(param, None)
 
-
-def first_adam_step_ratio(beta1: float, beta2: float, step: int) -> float:
-    """Size of Adam's first update of a parameter whose moments are zero but whose step count
-    is ``step`` (so the next step is ``step + 1``), relative to a fresh start (step 1):
-    ((1 - beta1) / (1 - beta1^(t))) / sqrt((1 - beta2) / (1 - beta2^(t))) with t = step + 1,
-    ignoring eps. 1 at step 0; (1 - beta1) / sqrt(1 - beta2) for a long-running count."""
-    t = step + 1
-    return ((1 - beta1) / (1 - beta1 ** t)) / ((1 - beta2) / (1 - beta2 ** t)) ** 0.5
