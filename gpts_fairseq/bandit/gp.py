@@ -1,12 +1,14 @@
-"""The GP surrogate: a GPyTorch exact GP over unit-cube arms, and its dense float64 algebra.
+"""The GP surrogates' shared parts and their dense float64 algebra.
 
-The model is a regular ``gpytorch.models.ExactGP`` (zero or constant mean, scaled RBF or
-Matérn-5/2 kernel, Gaussian likelihood) holding the hyperparameters. Its marginal likelihood
-and posterior are computed here with one explicit Cholesky factorisation of the kernel
-matrices that GPyTorch's own kernels return: the same formulas GPyTorch evaluates for
-small exact GPs (tests check equality), without its lazy-tensor dispatch, which costs more
-than the algebra itself at bandit sizes (tens to hundreds of observations). The explicit
-factorisation also gives control over jitter and failure.
+A model is a regular ``gpytorch.models.ExactGP`` (``SurrogateGP``: zero or constant mean,
+Gaussian likelihood) holding the hyperparameters: ``ArmGP`` has one scaled RBF or Matérn-5/2
+kernel over the arms (and any context); reward_model.TrendGP sums several, each on its own
+inputs. The marginal likelihood and posterior are computed here with one explicit Cholesky
+factorisation of the kernel matrices that GPyTorch's own kernels return: the same formulas
+GPyTorch evaluates for small exact GPs (tests/test_reward_model.py checks equality), without
+its lazy-tensor dispatch, which costs more than the algebra itself at bandit sizes (tens to
+hundreds of observations). The explicit factorisation also gives control over jitter and
+failure, and the posterior of one summand of an additive kernel.
 """
 
 import contextlib
