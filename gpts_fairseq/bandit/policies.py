@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..masking.spec import PSI_FIELDS, Psi
+from ..masking.spec import Psi
+from ..psi_names import FAIRSEQ_DEFAULT_PSI, PSI_FIELDS
 from .arms import ArmSpace
 from .fit import FitSettings, fit_hyperparameters
 from .gp import ArmGP, GPNumericalError, check_choice, posterior, single_thread
@@ -32,7 +33,6 @@ POLICIES = ("constant", "schedule", "random", "gp-ts")
 SCHEDULE_SHAPES = ("linear", "cosine", "step")
 CONTEXTS = ("none", "progress")
 STATE_FORMAT = 2  # 2: previous arms, start losses and the reward model
-FAIRSEQ_DEFAULT_PSI = {"mask_prob": 0.15, "leave_unmasked_prob": 0.1, "random_token_prob": 0.1}
 ANKNER_END_PSI = FAIRSEQ_DEFAULT_PSI
 ANKNER_START_PSI = {**FAIRSEQ_DEFAULT_PSI, "mask_prob": 0.30}
 

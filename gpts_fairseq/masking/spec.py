@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..psi_names import PSI_FIELDS
 from .reference import TWO_POW_32, threshold
-
-PSI_FIELDS = ("mask_prob", "leave_unmasked_prob", "random_token_prob")
 
 
 @dataclass(frozen=True)

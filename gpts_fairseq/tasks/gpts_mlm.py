@@ -33,12 +33,11 @@ from omegaconf import II
 
 from ..bandit import POLICIES
 from ..bandit.loop import InteractionLoop
-from ..bandit.policies import FAIRSEQ_DEFAULT_PSI
 from ..bandit.policies import CONTEXTS, SCHEDULE_SHAPES
 from ..bandit.reward_model import REWARD_MODELS
 from ..bandit.rewards import REWARD_KINDS
 from ..masking import MaskingSpec, Psi, mask_tokens
-from ..masking.spec import PSI_FIELDS
+from ..psi_names import FAIRSEQ_DEFAULT_PSI, PSI_FIELDS
 from ..growth import hooks as growth
 from ..subsets.options import SubsetConfig, validate_subset_config
 from ..subsets.task import SubsetTaskMixin
