@@ -205,3 +205,58 @@ def test_epoch_subset_dataset_keeps_order_and_original_indices():
     wrapped = EpochSubsetDataset(_Blocks([5, 2, 4, 0, 3, 1]), [0, 2, 5])
     assert wrapped.ordered_indices().tolist() == [5, 2, 0]
     assert wrapped[5] == 5 and len(wrapped) == 6 and not wrapped.can_reuse_epoch_itr_across_epochs
+
+
+def tiny_roberta(layers=2):
+    from argparse import Namespace
+
+    from fairseq.data import Dictionary
+    from fairseq.models.roberta import RobertaModel, base_architecture
+
+    dictionary = Dictionary()
+    for symbol in [*"abcdefgh", "<mask>"]:
+        dictionary.add_symbol(symbol)
+    args = Namespace(arch="roberta_base", encoder_layers=layers, encoder_embed_dim=16, encoder_ffn_embed_dim=32,
+                     encoder_attention_heads=2, max_positions=32, tokens_per_sample=32, dropout=0.5)
+    base_architecture(args)
+    torch.manual_seed(0)
+    return RobertaModel.build_model(args, SimpleNamespace(source_dictionary=dictionary)), dictionary
+
+
+class _TokenBlocks:
+    """Blocks of token ids, collated like gpts_mlm's training set (right-padded, with ids)."""
+
+    def __init__(self, blocks, pad):
+        self.blocks, self.pad = blocks, pad
+
+    def __len__(self):
+        return len(self.blocks)
+
+    def __getitem__(self, index):
+        return {"id": index, "tokens": self.blocks[index]}
+
+    def collater(self, items):
+        from fairseq.data import data_utils
+
+        return {"id": torch.tensor([item["id"] for item in items]),
+                "net_input": {"src_tokens": data_utils.collate_tokens([item["tokens"] for item in items], self.pad)}}
+
+
+def test_block_features_eval_mode_rng_untouched_and_padding_ignored():
+    from gpts_fairseq.subsets.features import block_features
+
+    model, dictionary = tiny_roberta()
+    g = torch.Generator().manual_seed(1)
+    blocks = [torch.randint(4, 12, (int(n),), generator=g) for n in torch.randint(5, 30, (10,), generator=g)]
+    dataset = _TokenBlocks(blocks, dictionary.pad())
+    model.train()
+    rng = torch.random.get_rng_state()
+    together = block_features(model, dataset, [list(range(10))], layer=-1, pad_idx=dictionary.pad())
+    assert model.training and torch.equal(torch.random.get_rng_state(), rng)
+    alone = block_features(model, dataset, [[i] for i in range(10)], layer=-1, pad_idx=dictionary.pad())
+    assert together.shape == (10, 16)
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)  # pads do not count; no dropout
+    embeddings = block_features(model, dataset, [list(range(10))], layer=0, pad_idx=dictionary.pad())
+    assert not torch.allclose(embeddings, together)
+    with pytest.raises(ValueError, match=r"--subset-feature-layer must be in \[0, 2\]"):
+        block_features(model, dataset, [[0]], layer=3, pad_idx=dictionary.pad())
