@@ -1,8 +1,11 @@
 """Policies that choose ψ once per interaction, behind one interface.
 
     policy = make_policy("gp-ts", space=ArmSpace.paper_grid("rho"), seed=1)
-    decision = policy.decide(interaction=t, progress=p)    # Decision(psi, arm, info)
-    policy.observe(decision.arm, reward, progress=p)       # reward None: ignored
+    decision = policy.decide(interaction=t, progress=p, start_loss=l)  # Decision(psi, arm, info)
+    policy.observe(decision.arm, reward, progress=p, start_loss=l)     # reward None: ignored
+
+(``start_loss``: the reference loss at the start of the interaction; only the trend reward
+model reads it.)
 
 A decision is a pure function of (configuration, seed, observations so far, interaction,
 progress): the GP is refitted inside ``observe`` (so its hyperparameters follow from the
