@@ -245,7 +245,7 @@ class GPThompsonPolicy(Policy):
     observations only. ``reward_model="trend"``: the additive GP of ``reward_model.TrendGP``,
     reward = trend(progress, log start loss) + arm effect (fading over ``forgetting`` progress
     units if given) [+ carry-over of the previous arm with ``payback=True``: off by default,
-    as it raised the regret on benchmarks/nonstationary.py's development seeds, 8.1 vs 6.2];
+    as it raised the regret on benchmarks/nonstationary.py's development seeds, 9.8 vs 7.6];
     it needs ``start_loss`` in ``observe``.
 
     The trend model draws the arm effect alone, from its own posterior at the current
