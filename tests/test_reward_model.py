@@ -128,7 +128,8 @@ def test_decisions_do_not_depend_on_the_thread_count():
     ({"reward_model": "trend", "context": "progress"}, "context must be 'none' with reward_model 'trend'"),
     ({"reward_model": "trend", "forgetting": 0.0}, "forgetting must be None or a time scale > 0"),
     ({"reward_model": "trend", "forgetting": float("inf")}, "forgetting must be None or a time scale > 0"),
-    ({"forgetting": 0.5}, "forgetting needs reward_model 'trend'"),
+    ({"forgetting": 0.5}, "forgetting and payback need reward_model 'trend'"),
+    ({"payback": True}, "forgetting and payback need reward_model 'trend'"),
     ({"reward_model": "trend", "payback": "yes"}, "payback must be True or False"),
 ])
 def test_bad_options_are_named(options, message):
