@@ -28,14 +28,13 @@ import torch
 from fairseq.distributed import utils as distributed_utils
 from fairseq.logging import metrics
 
-from ..bandit.loop import InteractionLoop
+from ..bandit.loop import BOUNDARY_COUNTERS, InteractionLoop
 from ..masking.spec import PSI_FIELDS, Psi
 from ..report.history import HISTORY_FILE, parse_interaction
 
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
-_COUNTERS = ("interaction", "start_update", "start_epoch", "started")
 
 
 class InteractionController:
@@ -115,14 +114,15 @@ class InteractionController:
             if torch.distributed.get_backend(group) == "nccl" else torch.device("cpu")
         loop = self.loop
         boundary = torch.tensor([*(getattr(loop.psi, name) for name in PSI_FIELDS),
-                                 *(float(getattr(loop, name)) for name in _COUNTERS)],
+                                 *(float(getattr(loop, name)) for name in BOUNDARY_COUNTERS)],
                                 dtype=torch.float64, device=device)
         torch.distributed.broadcast(boundary, src=torch.distributed.get_global_rank(group, 0), group=group)
         if data_parallel_rank_and_size()[0] != 0:
             values = boundary.tolist()
-            psi, (interaction, start_update, start_epoch, started) = values[:3], values[3:]
-            loop.follow(Psi(*psi), interaction=int(interaction), start_update=int(start_update),
-                        start_epoch=int(start_epoch), started=bool(started))
+            psi = Psi(**dict(zip(PSI_FIELDS, values)))
+            counters = dict(zip(BOUNDARY_COUNTERS, values[len(PSI_FIELDS):]))
+            loop.follow(psi, **{name: bool(value) if name == "started" else int(value)
+                                for name, value in counters.items()})
 
     # -- history --------------------------------------------------------------------------------
 
