@@ -83,6 +83,20 @@ def _free_port():
         return sock.getsockname()[1]
 
 
+def test_reward_reuses_fairseqs_validation_at_the_same_update(tiny_corpus, tmp_path):
+    """When fairseq validates at an interaction boundary with the reference masking, the reward
+    takes that pass's loss instead of measuring again; the history is bit-identical to a run
+    whose rewards are all measured by their own pass."""
+    common = [tiny_corpus, *TINY_MODEL, *GP_TS, "--max-update", "16", "--no-save"]
+    aligned = run_fairseq([*common, "--validate-interval-updates", "5", "--save-dir", tmp_path / "aligned"])
+    own = run_fairseq([*common, "--validate-interval-updates", "1000", "--save-dir", tmp_path / "own"])
+    reused = [line for line in (aligned.stdout + aligned.stderr).splitlines() if "reuses fairseq's validation" in line]
+    assert [line.split("at update ")[1].split()[0] for line in reused] == ["5", "10", "15"]
+    assert "reuses fairseq's validation" not in own.stdout + own.stderr
+    history = read_history(tmp_path / "aligned")
+    assert len(history) == 3 and without_timing(history) == without_timing(read_history(tmp_path / "own"))
+
+
 def test_two_processes_share_psi(tiny_corpus, tmp_path):
     """gloo, 2 CPU processes: rank 0 decides, both ranks mask every update with the same psi,
     on different samples."""

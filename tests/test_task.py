@@ -205,8 +205,8 @@ def test_ignored_or_clipped_options_are_said_once(tiny_corpus, caplog):
     caplog.clear()
     _, task = _setup(tiny_corpus, "--gpts-reward-batches", "5000")
     with caplog.at_level("WARNING"):
-        batches = task._reward_sample()
-        assert task._reward_sample() is batches
+        batches = task.reward_batches.batches
+        assert task.reward_batches.batches is batches
     warned = [r.getMessage() for r in caplog.records if "--gpts-reward-batches" in r.getMessage()]
     assert warned == [f"--gpts-reward-batches 5000: the validation set 'valid' has {len(batches)} batches; "
                       f"the reward uses all of them"] and 0 < len(batches) < 5000

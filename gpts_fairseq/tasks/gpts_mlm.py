@@ -4,18 +4,17 @@ Drop-in: every masked_lm option keeps its meaning; ``--mask-prob/--leave-unmaske
 --random-token-prob`` give the ψ of the first interaction. The task holds data, masking and
 hooks; where things happen:
 - masking: ``mask_sample`` (each batch, on its device, in ``train_step``/``valid_step``);
-- rewards: ``reference_loss`` (fixed validation batches at the reference masking);
+- rewards: ``reward_batches.RewardBatches`` (fixed validation batches at the reference masking;
+  reuses fairseq's validation pass when it ran at the same update);
 - choosing ψ: ``interactions.InteractionController``, called once per ``train_step``.
 """
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 import torch
-from fairseq import utils
 from fairseq.data import (
     IdDataset,
     NestedDictionaryDataset,
@@ -44,6 +43,7 @@ from ..subsets.task import SubsetTaskMixin
 from . import fairseq_compat
 from .interactions import InteractionController
 from .options import build_policy, reward_options, validate_config
+from .reward_batches import RewardBatches
 
 # importing the task registers the criterion too (fairseq's --user-dir imports tasks/ only)
 from ..criterions import gpts_masked_lm  # noqa: F401
@@ -134,7 +134,8 @@ class GPTSMaskedLMTask(SubsetTaskMixin, MaskedLMTask):
             max_epoch=cfg.max_epoch, save_dir=cfg.save_dir, options=reward_options(cfg),
             allow_option_change=cfg.gpts_allow_option_change)
         self.epoch = 1
-        self._reward_batches = None
+        self.reward_batches = RewardBatches(
+            self._build_reward_batches, mask=lambda batch: self.mask_sample(batch, self.reference_psi, VALID_STEP))
         super().__init__(cfg, dictionary)
         self.init_subsets(cfg, self.dictionary.pad())
         self.spec = MaskingSpec.build(
@@ -213,8 +214,8 @@ class GPTSMaskedLMTask(SubsetTaskMixin, MaskedLMTask):
         return self.interactions.psi
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
-        psi = self.interactions.step(model, update_num, self.epoch,
-                                     measure=lambda module: self.reference_loss(module, criterion))
+        psi = self.interactions.step(
+            model, update_num, self.epoch, measure=lambda module: self.reward_batches.loss(module, criterion, update_num))
         for name, value in zip(PSI_LOG_NAMES, (psi.mask_prob, psi.leave_unmasked_prob, psi.random_token_prob)):
             metrics.log_scalar(name, value, round=3)
         # progressive growth (gpts_roberta_grow; others pass through): grow when due, then
@@ -224,46 +225,38 @@ class GPTSMaskedLMTask(SubsetTaskMixin, MaskedLMTask):
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
     def valid_step(self, sample, model, criterion):
-        psi = self.reference_psi if self.cfg.gpts_valid_masking == "reference" else self.psi
-        return super().valid_step(self.mask_sample(sample, psi, step=VALID_STEP), model, criterion)
+        reference = self.cfg.gpts_valid_masking == "reference"
+        psi = self.reference_psi if reference else self.psi
+        loss, sample_size, logging_output = super().valid_step(
+            self.mask_sample(sample, psi, step=VALID_STEP), model, criterion)
+        if reference and self.interactions.loop is not None:  # the next reward may reuse it
+            self.reward_batches.record_validation(sample, loss, sample_size, update=self.interactions.next_update)
+        return loss, sample_size, logging_output
 
     # -- rewards --------------------------------------------------------------------------------
 
     def reference_loss(self, module, criterion) -> float:
         """The loss (bits per masked token) of the fixed reward batches at the reference
-        masking, with the model in eval mode; the same masks every time."""
-        device = next(module.parameters()).device
-        was_training = module.training
-        module.eval()
-        total = count = torch.zeros((), dtype=torch.float64, device=device)
-        try:
-            with torch.no_grad():
-                for batch in self._reward_sample():
-                    batch = utils.apply_to_sample(lambda t: t.to(device), batch)
-                    loss, sample_size, _ = criterion(module, self.mask_sample(batch, self.reference_psi, VALID_STEP))
-                    total, count = total + loss, count + sample_size
-        finally:
-            module.train(was_training)
-        return float(total / count) / math.log(2)  # NaN when nothing was selected
+        masking, with the model in eval mode, by a pass of its own; the same masks every time."""
+        return self.reward_batches.loss(module, criterion)
 
-    def _reward_sample(self):
-        """The first --gpts-reward-batches batches of the first validation subset (kept)."""
-        if self._reward_batches is None:
-            split = self.cfg.valid_subset.split(",")[0]
-            if split not in self.datasets:
-                self.load_dataset(split, combine=False, epoch=1)
-            iterator = self.get_batch_iterator(
-                self.dataset(split), max_tokens=self.cfg.max_tokens_valid,
-                max_sentences=self.cfg.batch_size_valid, max_positions=self.max_positions(),
-                ignore_invalid_inputs=True, seed=int(self.cfg.seed), num_workers=0, epoch=1,
-                disable_iterator_cache=True,
-            ).next_epoch_itr(shuffle=False)
-            limit = self.cfg.gpts_reward_batches or len(iterator)
-            self._reward_batches = [batch for _, batch in zip(range(limit), iterator)]
-            if len(self._reward_batches) < limit:
-                logger.warning(f"--gpts-reward-batches {limit}: the validation set '{split}' has "
-                               f"{len(self._reward_batches)} batches; the reward uses all of them")
-        return self._reward_batches
+    def _build_reward_batches(self):
+        """The first --gpts-reward-batches batches of the first validation subset."""
+        split = self.cfg.valid_subset.split(",")[0]
+        if split not in self.datasets:
+            self.load_dataset(split, combine=False, epoch=1)
+        iterator = self.get_batch_iterator(
+            self.dataset(split), max_tokens=self.cfg.max_tokens_valid,
+            max_sentences=self.cfg.batch_size_valid, max_positions=self.max_positions(),
+            ignore_invalid_inputs=True, seed=int(self.cfg.seed), num_workers=0, epoch=1,
+            disable_iterator_cache=True,
+        ).next_epoch_itr(shuffle=False)
+        limit = self.cfg.gpts_reward_batches or len(iterator)
+        batches = [batch for _, batch in zip(range(limit), iterator)]
+        if len(batches) < limit:
+            logger.warning(f"--gpts-reward-batches {limit}: the validation set '{split}' has "
+                           f"{len(batches)} batches; the reward uses all of them")
+        return batches
 
     # -- checkpoints (fairseq's task hooks: saved in extra_state, restored on resume) -----------
     # one sub-dict per subsystem, under its own key
