@@ -79,16 +79,12 @@ import corpora  # noqa: E402
 from gpts_fairseq.report.cli import write_report  # noqa: E402
 from gpts_fairseq.report.history import RunInfo, iter_log_records, load_run, read_valid_curve, run_from_result  # noqa: E402
 from gpts_fairseq.report.summary import (  # noqa: E402
-    budget_of,
     final_loss,
     format_loss,
-    format_reach,
     label_table,
     mean_curve,
     one_sided_upper_bound,
-    paired_differences,
     reference_target,
-    summarise_label,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -800,28 +796,6 @@ def plot_paired_deltas(per_corpus: dict, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def overview_table(per_corpus: dict) -> str:
-    """Markdown: one row per policy; per corpus the final loss (mean ± std), the updates the
-    seed-mean curve needs to reach constant-0.15's final loss, and the same-seed Δ to it."""
-    labels = list(dict.fromkeys(r.info.label for runs in per_corpus.values() for r in runs))
-    labels.sort(key=_policy_order)
-    head = "| policy |" + "".join(f" {c}: final | to target | Δ (lower) |" for c in per_corpus)
-    rows = [head, "|---|" + "---:|---:|---:|" * len(per_corpus)]
-    for label in labels:
-        row = f"| {label} |"
-        for runs in per_corpus.values():
-            members = [r for r in runs if r.info.label == label]
-            target = reference_target(runs)
-            s = summarise_label(label, members, target, budget_of(runs))
-            diffs = paired_differences(members, [r for r in runs if r.info.label == REFERENCE_POLICY])
-            delta = "–" if label == REFERENCE_POLICY or not diffs else \
-                f"{statistics.fmean(diffs):+.3f} ({sum(d < 0 for d in diffs)}/{len(diffs)})"
-            row += (f" {format_loss(s.final_mean, s.final_std)} | {format_reach(s.updates_to_target, s.budget, target)}"
-                    f" | {delta} |") if members else " | | |"
-        rows.append(row)
-    return "\n".join(rows)
 
 
 def _settings_line(corpus_dir: Path) -> str:
