@@ -219,7 +219,7 @@ def run_one(corpus: str, data_dir: Path, arm: str, seed: int, settings: Settings
     result = {"corpus": corpus, "arm": arm, "seed": seed, "schedule": schedule, "curve": curve,
               "growths": parsed["growths"], "final_loss": curve[-1]["loss"], "wall_time_s": wall,
               "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "exit_code": proc.returncode,
-              "settings": asdict(settings), "fairseq_args": cmd[1:]}
+              "settings": asdict(settings), "fairseq_args": corpora.portable_args(cmd[1:], data_dir, save_dir)}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")

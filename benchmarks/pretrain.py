@@ -242,18 +242,6 @@ def run_args(data_dir: Path, save_dir: Path, policy: Policy, seed: int, settings
     ]
 
 
-def portable_args(args: Sequence[str], data_dir: Path, save_dir: Path) -> list[str]:
-    """The command line as recorded in a result: no machine-specific paths (data, save and
-    user dirs become placeholders, the console script its name)."""
-    places = {str(save_dir): "<save>", str(data_dir): "<data>", str(REPO_ROOT / "gpts_fairseq"): "<user-dir>"}
-    out = []
-    for arg in args:
-        for path, name in places.items():
-            arg = arg.replace(path, name)
-        out.append(Path(arg).name if arg.endswith("fairseq-train") else arg)
-    return out
-
-
 def result_path(results_root: Path, corpus: str, policy: str, seed: int) -> Path:
     return Path(results_root) / corpus / policy / f"seed{seed}.json"
 
@@ -310,7 +298,7 @@ def _start_run(corpus: str, data_dir: Path, policy: Policy, seed: int, settings:
     RunInfo(label=policy.name, policy=policy.gpts_policy, seed=seed, corpus=corpus,
             budget_updates=settings.budget_updates,
             psi=dict(zip(("mask_prob", "leave_unmasked_prob", "random_token_prob"), policy.psi)),
-            arms=policy.arms, fairseq_args=portable_args(cmd[1:], data_dir, save_dir)).write(save_dir)
+            arms=policy.arms, fairseq_args=corpora.portable_args(cmd[1:], data_dir, save_dir)).write(save_dir)
     return cmd
 
 

@@ -125,7 +125,7 @@ def test_every_policy_maps_to_the_documented_task_options(tmp_path):
     pilot = pretrain.run_args(tmp_path, tmp_path, pretrain.POLICIES["constant-0.15"], 0,
                               pretrain.pilot_settings(pretrain.Settings(budget_updates=4000, interaction_updates=100)))
     assert _option(pilot, "--validate-interval-updates") == "25" and _option(pilot, "--gpts-interaction-updates") == "4000"
-    portable = pretrain.portable_args(cmds["random"][1:], tmp_path / "data", tmp_path / "save")
+    portable = corpora.portable_args(cmds["random"][1:], tmp_path / "data", tmp_path / "save")
     assert not any(str(tmp_path) in a or str(REPO) in a for a in portable)
     assert _option(portable, "--log-file") == "<save>/train.log" and portable[0] == "<data>"
 
