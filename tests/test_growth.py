@@ -198,6 +198,32 @@ def test_inactive_layers_get_no_step_and_no_weight_decay():
     assert model.layers[3].fc1.weight.grad is None
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])])
+def test_growth_loss_measurement_leaves_the_rngs_as_they_were(device):
+    """The reference loss before and after a growth runs with dropout on (train mode here), but
+    the next training step must draw the dropout masks it would have drawn without it."""
+    model = build("--grow-stages", "0:ffn=16;1:ffn=64", "--dropout", "0.1").to(device)
+    optimizer = adam(model)
+    tokens, target = (t.to(device) for t in batch())
+    measured = []
+
+    def measure(module):
+        measured.append(loss_of(module, tokens, target).item())
+        return measured[-1]
+
+    def rng_states():
+        return [torch.get_rng_state(), *([torch.cuda.get_rng_state()] if device == "cuda" else [])]
+
+    states = rng_states()
+    measure(model)
+    assert any(not torch.equal(a, b) for a, b in zip(rng_states(), states))  # the measurement draws
+    states = rng_states()
+    before_update(model, optimizer, 1, measure_loss=measure)
+    assert model.stage.ffn == 64 and len(measured) == 3  # measured before and after growing
+    assert all(torch.equal(a, b) for a, b in zip(rng_states(), states))
+
+
 def first_adam_step_ratio(beta1, beta2, step):
     """Adam's first update with zero moments and a carried count ``step`` over a fresh first
     update: ((1 - b1) / (1 - b1^t)) / sqrt((1 - b2) / (1 - b2^t)), t = step + 1, no eps."""

@@ -8,9 +8,9 @@ import logging
 import time
 
 import torch
-from fairseq.distributed import utils as distributed_utils
 from fairseq.logging import metrics
 
+from ..distributed import data_parallel_rank_and_size, fork_rngs
 from .flops import BACKWARD_FACTOR, forward_flops
 from .model import GrowRobertaModel
 from .stages import stage_index_at
@@ -32,12 +32,6 @@ def _torch_optimizer(optimizer):
     return optimizer
 
 
-def _is_first_rank() -> bool:
-    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
-        return True
-    return distributed_utils.get_data_parallel_rank() == 0
-
-
 def before_update(model, optimizer, update_num: int, measure_loss=None) -> None:
     """Grow to the stage of ``update_num`` if it is a later one (every rank does the same,
     from the update count alone), and scale the LR of a re-warm. ``measure_loss(module)``
@@ -48,9 +42,9 @@ def before_update(model, optimizer, update_num: int, measure_loss=None) -> None:
         return
     target = stage_index_at(grower.stages, update_num)
     if target > grower._stage_index:
-        measure = measure_loss if measure_loss is not None and _is_first_rank() else None
-        # the measurement must not move the RNGs (dropout) that the training step uses next
-        with torch.random.fork_rng(devices=[]):
+        measure = measure_loss if measure_loss is not None and data_parallel_rank_and_size()[0] == 0 else None
+        # the measurement must not move the RNGs (dropout, CPU and CUDA) that the training step uses next
+        with fork_rngs():
             before = measure(grower) if measure else None
             started = time.perf_counter()
             grower.grow_to(target, _torch_optimizer(optimizer).state)

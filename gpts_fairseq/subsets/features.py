@@ -4,6 +4,7 @@ tokens (INGENIOUS's representation), computed in eval mode, sharded over data-pa
 import torch
 from fairseq import utils
 
+from ..distributed import fork_rngs
 from .options import MIDDLE_LAYER
 from .selection import one_thread
 
@@ -38,11 +39,10 @@ def block_features(model, dataset, batches, *, layer: int, pad_idx: int, rank: i
     """
     device = next(model.parameters()).device
     was_training = model.training
-    devices = [device] if device.type == "cuda" else []
     table = None
     model.eval()
     try:
-        with torch.random.fork_rng(devices=devices), torch.no_grad(), one_thread():
+        with fork_rngs(), torch.no_grad(), one_thread():
             for batch in batches[rank::world_size]:
                 sample = utils.apply_to_sample(lambda t: t.to(device), dataset.collater([dataset[i] for i in batch]))
                 pooled = mean_pooled_states(model, sample, layer, pad_idx).cpu()

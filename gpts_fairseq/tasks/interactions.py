@@ -29,6 +29,7 @@ from fairseq.distributed import utils as distributed_utils
 from fairseq.logging import metrics
 
 from ..bandit.loop import BOUNDARY_COUNTERS, InteractionLoop
+from ..distributed import data_parallel_rank_and_size, fork_rngs
 from ..masking.spec import PSI_FIELDS, Psi
 from ..report.history import HISTORY_FILE, parse_interaction
 
@@ -88,7 +89,7 @@ class InteractionController:
             return self.psi
         rank, world_size = data_parallel_rank_and_size()
         if rank == 0:
-            with torch.random.fork_rng(devices=_initialised_cuda_devices()):
+            with fork_rngs():
                 loss = measure(_unwrap(model))
             if starting:
                 self.loop.start(loss, update=clock_update, epoch=clock_epoch, progress=self.progress(update, epoch))
@@ -237,19 +238,9 @@ def _log_interaction(record):
             metrics.log_scalar(name, value, round=5)
 
 
-def data_parallel_rank_and_size() -> tuple[int, int]:
-    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
-        return 0, 1
-    return distributed_utils.get_data_parallel_rank(), distributed_utils.get_data_parallel_world_size()
-
-
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The model inside DDP and fairseq's proxy wrappers: rank 0 alone runs it, so no
     collective may happen."""
     while isinstance(getattr(model, "module", None), torch.nn.Module):
         model = model.module
     return model
-
-
-def _initialised_cuda_devices():
-    return [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
