@@ -260,3 +260,70 @@ def test_block_features_eval_mode_rng_untouched_and_padding_ignored():
     assert not torch.allclose(embeddings, together)
     with pytest.raises(ValueError, match=r"--subset-feature-layer must be in \[0, 2\]"):
         block_features(model, dataset, [[0]], layer=3, pad_idx=dictionary.pad())
+
+
+def _padded_blocks(dictionary, count=7, seed=2):
+    """Right-padded token blocks of different lengths (every batch but one has pads)."""
+    from fairseq.data import data_utils
+
+    g = torch.Generator().manual_seed(seed)
+    blocks = [torch.randint(4, 12, (int(n),), generator=g) for n in torch.randint(5, 30, (count,), generator=g)]
+    return data_utils.collate_tokens(blocks, dictionary.pad())
+
+
+def test_truncated_features_equal_the_full_forward_bit_for_bit():
+    """The pass stops at the feature layer (no layer above it runs) and its states are the whole
+    forward's inner_states, bit for bit, at every layer, with and without padding."""
+    from gpts_fairseq.subsets.features import mean_pooled_states, truncatable_encoder, truncated_states
+
+    model, dictionary = tiny_roberta(layers=4)
+    model.eval()
+    encoder = truncatable_encoder(model)
+    assert encoder is model.encoder.sentence_encoder
+    calls = [0] * 4
+    for i, layer in enumerate(encoder.layers):
+        layer.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    padded = _padded_blocks(dictionary)
+    unpadded = padded[:, :5][padded[:, :5].ne(dictionary.pad()).all(1)]
+    assert padded.eq(dictionary.pad()).any() and len(unpadded) > 1
+    with torch.no_grad():
+        for tokens in (padded, unpadded):
+            states = model(tokens, features_only=True, return_all_hiddens=True)[1]["inner_states"]
+            for index, expected in enumerate(states):
+                calls[:] = [0] * 4
+                assert torch.equal(truncated_states(encoder, tokens, index), expected)
+                assert calls == [1] * index + [0] * (4 - index)  # nothing above the feature layer ran
+            sample = {"net_input": {"src_tokens": tokens}}
+            for layer in (-1, 0, 2, 4):
+                assert torch.equal(mean_pooled_states(model, sample, layer, dictionary.pad()),
+                                   mean_pooled_states(model, sample, layer, dictionary.pad(), full_forward=True))
+
+
+class _Wrapped(torch.nn.Module):
+    """A model without fairseq's RoBERTa structure whose forward returns inner_states."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens, **kwargs):
+        return self.model(tokens, **kwargs)
+
+
+class _NoStates(_Wrapped):
+    def forward(self, tokens, **kwargs):
+        return self.model(tokens)[0], {}
+
+
+def test_other_models_fall_back_to_the_full_forward():
+    from gpts_fairseq.subsets.features import block_features, truncatable_encoder
+
+    model, dictionary = tiny_roberta(layers=3)
+    tokens = _padded_blocks(dictionary, count=6)
+    dataset = _TokenBlocks([row[row.ne(dictionary.pad())] for row in tokens], dictionary.pad())
+    batches = [[0, 1, 2], [3, 4, 5]]
+    expected = block_features(model, dataset, batches, layer=-1, pad_idx=dictionary.pad())
+    assert truncatable_encoder(_Wrapped(model)) is None
+    assert torch.equal(block_features(_Wrapped(model), dataset, batches, layer=-1, pad_idx=dictionary.pad()), expected)
+    with pytest.raises(ValueError, match="needs a model whose forward.*returns inner_states"):
+        block_features(_NoStates(model), dataset, batches, layer=-1, pad_idx=dictionary.pad())

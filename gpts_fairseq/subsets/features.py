@@ -1,35 +1,89 @@
 """Block features for selection: the model's hidden states at one layer, averaged over a block's
-tokens (INGENIOUS's representation), computed in eval mode, sharded over data-parallel ranks."""
+tokens (INGENIOUS's representation), computed in eval mode, sharded over data-parallel ranks.
+
+A feature needs the encoder only up to its layer: for fairseq's RoBERTa/BERT-style encoders the
+pass stops there (no layers above it, no final layer norm, no LM head); other models that return
+``inner_states`` run their whole forward."""
 
 import torch
 from fairseq import utils
+from fairseq.models.roberta.model import RobertaEncoder
+from fairseq.models.transformer import TransformerEncoderBase
 
 from ..distributed import fork_rngs
 from .options import MIDDLE_LAYER
 from .selection import one_thread
 
 
-def mean_pooled_states(model, sample, layer: int, pad_idx: int) -> torch.Tensor:
-    """[B, C] float32: the hidden state after ``layer`` (0 = embeddings), averaged over each
-    block's non-pad tokens. Needs a fairseq encoder model that returns ``inner_states``
-    (RoBERTa/BERT-style ``masked_lm`` architectures do)."""
-    tokens = sample["net_input"]["src_tokens"]
+def state_index(layer: int, num_layers: int) -> int:
+    """Index of ``--subset-feature-layer`` among the L + 1 states (0 = embeddings)."""
+    index = (num_layers + 1) // 2 if layer == MIDDLE_LAYER else layer
+    if index > num_layers:
+        raise ValueError(f"--subset-feature-layer must be in [0, {num_layers}] for this model "
+                         f"(0 = embeddings), got {layer}")
+    return index
+
+
+def truncatable_encoder(model) -> TransformerEncoderBase | None:
+    """The TransformerEncoder of a RoBERTa-style model whose forward is fairseq's own (so
+    ``truncated_states`` runs the same steps), or None."""
+    outer = getattr(model, "encoder", None)
+    inner = getattr(outer, "sentence_encoder", None)
+    stock = (isinstance(outer, RobertaEncoder) and isinstance(inner, TransformerEncoderBase)
+             and type(outer).extract_features is RobertaEncoder.extract_features
+             and type(inner).forward_scriptable is TransformerEncoderBase.forward_scriptable
+             and type(inner).forward_embedding is TransformerEncoderBase.forward_embedding)
+    return inner if stock else None
+
+
+def truncated_states(encoder: TransformerEncoderBase, tokens: torch.Tensor, index: int) -> torch.Tensor:
+    """T x B x C: the state after layer ``index``, by the steps of fairseq's
+    ``TransformerEncoderBase.forward_scriptable`` up to it (embeddings, pads zeroed, the padding
+    mask only when a block is padded): equal to its ``encoder_states[index]`` bit for bit."""
+    padding = tokens.eq(encoder.padding_idx)
+    has_pads = padding.any()
+    x, _ = encoder.forward_embedding(tokens)
+    x = (x * (1 - padding.unsqueeze(-1).type_as(x) * has_pads.type_as(x))).transpose(0, 1)
+    mask = padding if has_pads else None
+    for i in range(index):
+        out = encoder.layers[i](x, encoder_padding_mask=mask)
+        x = out[0] if isinstance(out, tuple) else out  # layers built with return_fc give (x, fc)
+    return x
+
+
+def full_forward_states(model, tokens: torch.Tensor, layer: int) -> torch.Tensor:
+    """T x B x C: ``inner_states`` of the model's whole forward at ``layer``."""
     _, extra = model(tokens, features_only=True, return_all_hiddens=True)
     states = extra.get("inner_states") if isinstance(extra, dict) else None
     if not states:
         raise ValueError("--subset-selector ingenious needs a model whose forward(features_only=True, "
                          "return_all_hiddens=True) returns inner_states (e.g. --arch roberta_*)")
-    index = len(states) // 2 if layer == MIDDLE_LAYER else layer
-    if index >= len(states):
-        raise ValueError(f"--subset-feature-layer must be in [0, {len(states) - 1}] for this model "
-                         f"(0 = embeddings), got {layer}")
-    hidden = states[index].transpose(0, 1).float()  # T x B x C -> B x T x C
+    return states[state_index(layer, len(states) - 1)]
+
+
+def mean_pooled_states(model, sample, layer: int, pad_idx: int, *, full_forward: bool = False) -> torch.Tensor:
+    """[B, C] float32: the hidden state after ``layer`` (0 = embeddings), averaged over each
+    block's non-pad tokens; computed up to that layer only when the model allows it (see
+    ``truncatable_encoder``), or always by the whole forward with ``full_forward``."""
+    tokens = sample["net_input"]["src_tokens"]
+    encoder = None if full_forward else truncatable_encoder(model)
+    if encoder is None:
+        states = full_forward_states(model, tokens, layer)
+    else:
+        states = truncated_states(encoder, tokens, state_index(layer, len(encoder.layers)))
+    hidden = states.transpose(0, 1).float()  # T x B x C -> B x T x C
     keep = tokens.ne(pad_idx).unsqueeze(-1).to(hidden.dtype)
     return (hidden * keep).sum(1) / keep.sum(1).clamp(min=1.0)
 
 
+def feature_batches(dataset, *, max_tokens: int | None, max_sentences: int | None) -> list:
+    """The batches of a feature pass: the training batch size over the dataset's own order, so a
+    block's feature depends on the data and the batch size only (not on the rank count)."""
+    return dataset.batch_by_size(dataset.ordered_indices(), max_tokens=max_tokens, max_sentences=max_sentences)
+
+
 def block_features(model, dataset, batches, *, layer: int, pad_idx: int, rank: int = 0, world_size: int = 1,
-                   group=None, dst: int = 0) -> torch.Tensor | None:
+                   group=None, dst: int = 0, full_forward: bool = False) -> torch.Tensor | None:
     """[N, C] features of every block of ``dataset`` on rank ``dst`` (None elsewhere).
     ``model`` is the task's own (unwrapped) model: each rank runs its forward alone.
 
@@ -45,7 +99,7 @@ def block_features(model, dataset, batches, *, layer: int, pad_idx: int, rank: i
         with fork_rngs(), torch.no_grad(), one_thread():
             for batch in batches[rank::world_size]:
                 sample = utils.apply_to_sample(lambda t: t.to(device), dataset.collater([dataset[i] for i in batch]))
-                pooled = mean_pooled_states(model, sample, layer, pad_idx).cpu()
+                pooled = mean_pooled_states(model, sample, layer, pad_idx, full_forward=full_forward).cpu()
                 if table is None:
                     table = torch.zeros(len(dataset), pooled.shape[1])
                 table[sample["id"].cpu()] = pooled

@@ -11,6 +11,7 @@ from fairseq.tasks import FairseqTask
 
 from .dataset import EpochSubsetDataset
 from .epochs import EpochSubsets
+from .features import feature_batches
 from .options import subsets_enabled
 
 
@@ -42,11 +43,9 @@ class SubsetTaskMixin:
         if self._subset_model is None and self.cfg.subset_selector == "ingenious":
             raise ValueError("--subset-selector ingenious needs the model: build it with the task's build_model")
 
-        def feature_batches():  # fixed by the data and the batch size only (not by the rank count)
-            return dataset.batch_by_size(dataset.ordered_indices(), max_tokens=max_tokens,
-                                         max_sentences=max_sentences)
-
-        indices = self.subsets.for_epoch(epoch, dataset, self._subset_model, feature_batches)
+        indices = self.subsets.for_epoch(
+            epoch, dataset, self._subset_model,
+            lambda: feature_batches(dataset, max_tokens=max_tokens, max_sentences=max_sentences))
         return super().get_batch_iterator(EpochSubsetDataset(dataset, indices.numpy()), *args, **kwargs)
 
     def subset_checkpoint_state(self) -> dict:
