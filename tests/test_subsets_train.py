@@ -1,6 +1,9 @@
 """Subsets inside fairseq-train: off is plain gpts_mlm, composition with every masking policy,
-exact resume from the selection file, a clear failure on a replaced file, and the same subset
-for any thread or rank count."""
+exact resume from the selection file, a clear failure on a replaced file, the same subset for
+any thread or rank count, and a bad option named before training.
+
+fairseq's start-up (imports) costs more than these trainings: each run checks everything it
+can, and runs that do not depend on each other start together."""
 
 import json
 import os
@@ -8,13 +11,15 @@ import shutil
 import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import TINY_MODEL, json_log, run_fairseq
-from gpts_fairseq.bandit import POLICIES
+from fairseq import options, tasks
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from gpts_fairseq.subsets.store import load_subset, save_subset, subset_path
 
 RECORDER = Path(__file__).resolve().parent / "fairseq_recorder.py"
@@ -23,7 +28,17 @@ INGENIOUS = ["--subset-selector", "ingenious", "--subset-partition-size", "40", 
 
 
 def losses(proc):
-    return [record["loss"] for record in json_log(proc, "train_inner")]
+    """Logged training losses; the recorder's fairseq logs ``INFO:train_inner:{...}`` instead of
+    fairseq-train's ``| train_inner | {...}``."""
+    lines = (proc.stdout + proc.stderr).splitlines()
+    recorded = [json.loads(line.split(":", 2)[2]) for line in lines if line.startswith("INFO:train_inner:")]
+    return [record["loss"] for record in recorded or json_log(proc, "train_inner")]
+
+
+def run_together(*arg_lists, check=True):
+    """``run_fairseq`` on each argument list, all started at once (independent runs)."""
+    with ThreadPoolExecutor(len(arg_lists)) as pool:
+        return list(pool.map(lambda args: run_fairseq(args, check=check), arg_lists))
 
 
 def record_run(args, prefix, threads=1, rank=None):
@@ -47,41 +62,41 @@ def recorded_ids(prefix, rank=0):
     return seen
 
 
+def assert_trained_on_selections(prefix, save_dir, kinds, rank_count=1):
+    """Epoch e trained on exactly the blocks of its selection file (all ranks together, none
+    twice), a selection of the expected kind and size."""
+    per_rank = [recorded_ids(prefix, rank) for rank in range(rank_count)]
+    assert all(sorted(seen) == list(range(1, len(kinds) + 1)) for seen in per_rank)
+    for epoch, kind in enumerate(kinds, start=1):
+        record = load_subset(str(save_dir), epoch)
+        assert record["kind"] == kind and len(record["indices"]) == round(0.25 * record["count"])
+        assert (record["feature_seconds"] > 0) == (kind == "ingenious")
+        ids = [seen[epoch] for seen in per_rank]
+        assert set().union(*ids) == set(record["indices"].tolist()) and sum(map(len, ids)) == len(record["indices"])
+
+
 def test_off_and_fraction_one_are_plain_gpts_mlm(tiny_corpus, tmp_path):
     common = [tiny_corpus, *TINY_MODEL, *TASK, "--max-update", "12", "--no-save"]
-    plain = run_fairseq([*common, "--save-dir", tmp_path / "plain"])
-    whole = run_fairseq([*common, "--save-dir", tmp_path / "whole", *INGENIOUS, "--subset-fraction", "1"])
+    plain, whole = run_together([*common, "--save-dir", tmp_path / "plain"],
+                                [*common, "--save-dir", tmp_path / "whole", *INGENIOUS, "--subset-fraction", "1"])
     assert len(losses(plain)) == 12 and losses(whole) == losses(plain)
     assert [r["valid_loss"] for r in json_log(whole, "valid")] == [r["valid_loss"] for r in json_log(plain, "valid")]
     assert not (tmp_path / "whole" / "subset").exists()
 
 
-# constant runs in the two-rank test, gp-ts in the resume test
-@pytest.mark.parametrize("policy", sorted(set(POLICIES) - {"constant", "gp-ts"}))
-def test_ingenious_composes_with_the_other_masking_policies(tiny_corpus, tmp_path, policy):
-    save = tmp_path / "save"
-    args = [tiny_corpus, *TINY_MODEL, *TASK, *INGENIOUS, "--max-epoch", "3", "--save-dir", save,
-            "--gpts-policy", policy, "--gpts-interaction-updates", "2", "--gpts-reward-batches", "2"]
-    proc = record_run(args, tmp_path / "masks")
-    output = proc.communicate(timeout=600)[0]
-    assert proc.returncode == 0, output[-3000:]
-    seen = recorded_ids(tmp_path / "masks")
-    assert sorted(seen) == [1, 2, 3]
-    subsets = {epoch: load_subset(str(save), epoch) for epoch in (1, 2, 3)}
-    assert [subsets[e]["kind"] for e in (1, 2, 3)] == ["warmup", "ingenious", "ingenious"]
-    for epoch, ids in seen.items():
-        assert sorted(ids) == subsets[epoch]["indices"].tolist()  # each epoch trains on its subset, all of it
-    count = subsets[2]["count"]
-    assert len(seen[2]) == round(0.25 * count) and subsets[2]["feature_seconds"] > 0
-    assert "gpts: interaction" in output  # the masking policy kept interacting
-
-
 def test_mid_epoch_resume_is_exact_and_reads_the_selection(tiny_corpus, tmp_path):
+    """With GP-TS masking on (composition): every epoch trains on its selection; a run killed
+    mid-epoch resumes to the same losses and weights bit for bit from the selection file,
+    and a replaced selection file stops it."""
     common = [tiny_corpus, *TINY_MODEL, *TASK, *INGENIOUS, "--max-update", "12", "--save-interval-updates", "4",
               "--keep-interval-updates", "5", "--gpts-policy", "gp-ts", "--gpts-interaction-updates", "3",
               "--gpts-reward-batches", "2"]
-    full = run_fairseq([*common, "--save-dir", tmp_path / "full"])
-    assert "gpts: interaction" in full.stdout + full.stderr  # GP-TS masking on, too
+    proc = record_run([*common, "--save-dir", tmp_path / "full"], tmp_path / "masks")
+    output = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, output[-3000:]
+    full = subprocess.CompletedProcess(proc.args, proc.returncode, stdout=output, stderr="")
+    assert "gpts: interaction" in output  # GP-TS masking kept interacting
+    assert_trained_on_selections(tmp_path / "masks", tmp_path / "full", ["warmup", *["ingenious"] * 3])
     checkpoint = tmp_path / "full" / "checkpoint_3_8.pt"  # epochs are 3 updates long: mid-epoch 3
     assert checkpoint.exists()
 
@@ -94,8 +109,17 @@ def test_mid_epoch_resume_is_exact_and_reads_the_selection(tiny_corpus, tmp_path
             shutil.copy(subset_path(str(tmp_path / "full"), epoch), subset_path(str(target), epoch))
         return target
 
-    resumed_dir = killed_run_dir("resumed")
-    resumed = run_fairseq([*common, "--save-dir", resumed_dir])
+    resumed_dir, replaced_dir = killed_run_dir("resumed"), killed_run_dir("replaced")
+    record = load_subset(str(replaced_dir), 3)
+    chosen = set(record["indices"].tolist())
+    outside = next(i for i in range(record["count"]) if i not in chosen)
+    replaced = torch.tensor(sorted(chosen - {min(chosen)} | {outside}))  # a valid file, another subset
+    save_subset(str(replaced_dir), 3, replaced,
+                {key: value for key, value in record.items() if key not in ("indices", "hash", "epoch")})
+    resumed, failed = run_together([*common, "--save-dir", resumed_dir], [*common, "--save-dir", replaced_dir],
+                                   check=False)
+
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     log = resumed.stdout + resumed.stderr
     assert "subset of epoch 3: ingenious selection of epoch 3 read from" in log
     assert "subset of epoch 3: ingenious, " not in log  # no feature pass for the resumed epoch
@@ -103,14 +127,6 @@ def test_mid_epoch_resume_is_exact_and_reads_the_selection(tiny_corpus, tmp_path
     final = [torch.load(d / "checkpoint_last.pt", weights_only=False)["model"] for d in (tmp_path / "full", resumed_dir)]
     assert all(torch.equal(final[0][name], final[1][name]) for name in final[0])
 
-    replaced_dir = killed_run_dir("replaced")
-    record = load_subset(str(replaced_dir), 3)
-    chosen = set(record["indices"].tolist())
-    outside = next(i for i in range(record["count"]) if i not in chosen)
-    replaced = torch.tensor(sorted(chosen - {min(chosen)} | {outside}))  # a valid file, another subset
-    save_subset(str(replaced_dir), 3, replaced,
-                {key: value for key, value in record.items() if key not in ("indices", "hash", "epoch")})
-    failed = run_fairseq([*common, "--save-dir", replaced_dir], check=False)
     assert failed.returncode != 0
     assert "is not the one this checkpoint trained on" in failed.stderr + failed.stdout
 
@@ -122,31 +138,33 @@ def _free_port():
 
 
 def test_same_subset_on_two_ranks_and_any_thread_count(tiny_corpus, tmp_path):
-    """gloo, 2 CPU processes (1 thread each) vs 1 process on 2 threads: the same selection from
-    the same initial model; each rank trains only on blocks of it, together on all of them."""
-    common = [tiny_corpus, *TINY_MODEL, *TASK, *INGENIOUS, "--subset-warmup-epochs", "0", "--max-epoch", "1"]
+    """gloo, 2 CPU processes (1 thread each) vs 1 process on 2 threads: the same first selection
+    from the same initial model; each run trains on its selections only and on all of them (the
+    two ranks together, none twice). The runs mask with the random and the schedule policy
+    (composition; gp-ts is in the resume test, the default constant in the benchmark's runs): a
+    selection made before the first update depends on the initial model and the seed only."""
+    common = [tiny_corpus, *TINY_MODEL, *TASK, *INGENIOUS, "--subset-warmup-epochs", "0", "--max-epoch", "2",
+              "--gpts-interaction-updates", "2", "--gpts-reward-batches", "2"]
     port = _free_port()
     distributed = ["--distributed-world-size", "2", "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp",
                    "--distributed-init-method", f"tcp://127.0.0.1:{port}", "--distributed-no-spawn"]
-    procs = [record_run([*common, *distributed, "--save-dir", tmp_path / "ranks"], tmp_path / "ranks", rank=rank)
-             for rank in (0, 1)]
-    procs.append(record_run([*common, "--save-dir", tmp_path / "single"], tmp_path / "single", threads=2))
+    ranks = [*common, *distributed, "--gpts-policy", "random", "--save-dir", tmp_path / "ranks"]
+    procs = [record_run(ranks, tmp_path / "ranks", rank=rank) for rank in (0, 1)]
+    procs.append(record_run([*common, "--gpts-policy", "schedule", "--save-dir", tmp_path / "single"],
+                            tmp_path / "single", threads=2))
     outputs = [proc.communicate(timeout=600)[0] for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0, 0], "\n".join(out[-2000:] for out in outputs)
 
-    two_ranks, single = load_subset(str(tmp_path / "ranks"), 1), load_subset(str(tmp_path / "single"), 1)
-    assert two_ranks["kind"] == single["kind"] == "ingenious"
-    assert torch.equal(two_ranks["indices"], single["indices"])
-    subset = set(single["indices"].tolist())
-    per_rank = [recorded_ids(tmp_path / "ranks", rank)[1] for rank in (0, 1)]
-    assert per_rank[0] <= subset and per_rank[1] <= subset and per_rank[0] | per_rank[1] == subset
-    assert not per_rank[0] & per_rank[1]
-    assert recorded_ids(tmp_path / "single")[1] == subset
+    assert torch.equal(load_subset(str(tmp_path / "ranks"), 1)["indices"], load_subset(str(tmp_path / "single"), 1)["indices"])
+    assert "gpts: interaction" in outputs[0] and "gpts: interaction" in outputs[2]  # both policies kept interacting
+    assert_trained_on_selections(tmp_path / "ranks", tmp_path / "ranks", ["ingenious"] * 2, rank_count=2)
+    assert_trained_on_selections(tmp_path / "single", tmp_path / "single", ["ingenious"] * 2)
 
 
-def test_bad_subset_option_is_named_before_training(tiny_corpus, tmp_path):
-    proc = run_fairseq([tiny_corpus, *TINY_MODEL, *TASK, "--subset-selector", "ingenious", "--subset-fraction", "1.5",
-                        "--max-update", "1", "--save-dir", tmp_path], check=False)
-    assert proc.returncode != 0
-    assert "--subset-fraction must be in (0, 1], got 1.5" in proc.stderr
-    assert "begin training" not in proc.stderr + proc.stdout
+def test_bad_subset_option_is_named_before_training(tiny_corpus):
+    """fairseq-train's parser takes the option; the task, which fairseq builds before it reads
+    any data or builds the model, names it."""
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        str(tiny_corpus), *TINY_MODEL, *TASK, "--subset-selector", "ingenious", "--subset-fraction", "1.5"])
+    with pytest.raises(ValueError, match=r"--subset-fraction must be in \(0, 1\], got 1.5"):
+        tasks.setup_task(convert_namespace_to_omegaconf(args).task)
