@@ -229,13 +229,18 @@ def run_replicates(data_dir: Path, work: Path, results: dict, out: Path) -> None
                     loss[str(n)] = meter.losses(checkpoint)
                 results["runs"].append({"state": state, "arm": arm, "seed": seed, "loss": loss,
                                         "wall_time_s": wall, "exit_code": code, "load_average": os.getloadavg(),
-                                        "fairseq_args": corpora.portable_args(cmd[1:], data_dir, save_dir)})
+                                        "fairseq_args": portable(cmd[1:], data_dir, save_dir, work)})
                 pretrain._write_json(out, results)
                 for checkpoint in save_dir.glob("checkpoint*.pt"):
                     checkpoint.unlink()
                 print(f"state {state} {arm} seed {seed}: " + ", ".join(
                     f"+{n} raw {loss[str(n)]['raw']:.4f} ema {loss[str(n)]['ema']:.4f}" for n in ("0", *map(str, LENGTHS)))
                     + f" ({wall:.0f} s)", flush=True)
+
+
+def portable(args: Sequence[str], data_dir: Path, save_dir: Path, work: Path) -> list[str]:
+    """``corpora.portable_args``, and the state run's checkpoint under ``<work>``."""
+    return [arg.replace(str(work), "<work>") for arg in corpora.portable_args(args, data_dir, save_dir)]
 
 
 # -- analysis ----------------------------------------------------------------------------------
@@ -365,6 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "state_run" not in results:
         print("no state run recorded yet")
         return 0
+    for run in results["runs"]:  # the first runs recorded the state checkpoint's machine path
+        run["fairseq_args"] = [arg.replace(str(args.work_root), "<work>") for arg in run["fairseq_args"]]
     analysis = analyse(results)
     results["analysis"] = analysis
     pretrain._write_json(args.results, results)
