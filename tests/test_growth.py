@@ -8,6 +8,7 @@ import torch
 from fairseq import options
 from fairseq.data import Dictionary
 from fairseq.optim.adam import FairseqAdam
+from fairseq.tasks.masked_lm import MaskedLMTask
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -21,7 +22,7 @@ TARGET = dict(layers=4, ffn=64, tokens=32)
 VOCAB = 40
 
 
-def build(*extra, seed=0):
+def build(*extra, seed=0, task_class=GPTSMaskedLMTask):
     """A 4-layer, 32-wide gpts_roberta_grow model (FFN 64, 32 tokens) from fairseq's parser."""
     dictionary = Dictionary()
     for index in range(VOCAB - dictionary.nspecial - 1):
@@ -32,7 +33,7 @@ def build(*extra, seed=0):
         "data", "--task", "gpts_mlm", "--arch", "gpts_roberta_grow", "--encoder-layers", "4",
         "--encoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2",
         "--tokens-per-sample", "32", "--dropout", "0", "--attention-dropout", "0", "--seed", "3", *extra])
-    task = GPTSMaskedLMTask.__new__(GPTSMaskedLMTask)  # the model needs only its dictionary
+    task = task_class.__new__(task_class)  # the model needs only its dictionary
     task.dictionary = dictionary
     task.cfg = types.SimpleNamespace(tokens_per_sample=32)
     torch.manual_seed(seed)
@@ -104,6 +105,13 @@ def test_bad_stage_strings_are_named(text, message):
 def test_bad_options_stop_the_build(extra, message):
     with pytest.raises(ValueError, match=message):
         build(*extra)
+
+
+def test_growth_needs_the_gpts_mlm_task():
+    """fairseq's masked_lm task would train the small stage for good (no growth hook)."""
+    with pytest.raises(ValueError, match="--grow-stages with more than one stage needs --task gpts_mlm"):
+        build("--grow-stages", "0:layers=1;5:layers=2", task_class=MaskedLMTask)
+    build("--grow-stages", "0:layers=1", task_class=MaskedLMTask)  # one stage: plain RoBERTa, any task
 
 
 # -- operators -------------------------------------------------------------------------------
