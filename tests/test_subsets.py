@@ -327,3 +327,20 @@ def test_other_models_fall_back_to_the_full_forward():
     assert torch.equal(block_features(_Wrapped(model), dataset, batches, layer=-1, pad_idx=dictionary.pad()), expected)
     with pytest.raises(ValueError, match="needs a model whose forward.*returns inner_states"):
         block_features(_NoStates(model), dataset, batches, layer=-1, pad_idx=dictionary.pad())
+
+
+def test_truncated_features_of_a_growing_model_equal_its_full_forward():
+    """gpts_roberta_grow (2 of 4 layers active: the inactive ones pass x through) is truncated too."""
+    from test_growth import VOCAB, build
+
+    from gpts_fairseq.subsets.features import truncatable_encoder, truncated_states
+
+    model = build("--grow-stages", "0:layers=2,ffn=32,tokens=32;5:layers=4,ffn=64,tokens=32").eval()
+    encoder = truncatable_encoder(model)
+    assert encoder is not None and [layer.active for layer in encoder.layers] == [True, True, False, False]
+    tokens = torch.randint(4, VOCAB, (3, 32), generator=torch.Generator().manual_seed(0))
+    tokens[0, 20:] = encoder.padding_idx
+    with torch.no_grad():
+        states = model(tokens, features_only=True, return_all_hiddens=True)[1]["inner_states"]
+        assert all(torch.equal(truncated_states(encoder, tokens, index), expected)
+                   for index, expected in enumerate(states))
