@@ -275,6 +275,7 @@ def timing_table(t: dict) -> list[str]:
     epoch = t["epoch_train_s"]
     rows = [("feature pass, whole forward (before)", t["feature_pass"]["full_forward"]["wall_s"]),
             ("feature pass, up to the feature layer (now)", t["feature_pass"]["truncated"]["wall_s"]),
+            ("the same inside fairseq-train, before its first update", t["feature_pass"]["in_training_s"]),
             ("greedy (lazy, exact)", t["greedy_s"]),
             ("selection before: whole forward + greedy", t["feature_pass"]["full_forward"]["wall_s"] + t["greedy_s"]),
             ("**selection now: truncated features + greedy**", t["feature_pass"]["truncated"]["wall_s"] + t["greedy_s"])]
