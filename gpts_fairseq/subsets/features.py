@@ -39,9 +39,9 @@ def truncatable_encoder(model) -> TransformerEncoderBase | None:
 def truncated_states(encoder: TransformerEncoderBase, tokens: torch.Tensor, index: int) -> torch.Tensor:
     """T x B x C: the state after layer ``index``, by the steps of fairseq's
     ``TransformerEncoderBase.forward_scriptable`` up to it (embeddings, pads zeroed, the padding
-    mask only when a block is padded): equal to its ``encoder_states[index]`` bit for bit."""
+    mask when a block is padded, always on XLA): equal to its ``encoder_states[index]`` bit for bit."""
     padding = tokens.eq(encoder.padding_idx)
-    has_pads = padding.any()
+    has_pads = torch.tensor(tokens.device.type == "xla") or padding.any()
     x, _ = encoder.forward_embedding(tokens)
     x = (x * (1 - padding.unsqueeze(-1).type_as(x) * has_pads.type_as(x))).transpose(0, 1)
     mask = padding if has_pads else None
