@@ -13,7 +13,6 @@ from conftest import TINY_MODEL, json_log, run_fairseq
 
 GROW = ["--arch", "gpts_roberta_grow", "--task", "gpts_mlm", "--criterion", "gpts_masked_lm", "--num-workers", "0"]
 GP_TS = ["--gpts-policy", "gp-ts", "--gpts-interaction-updates", "3", "--gpts-reward-batches", "2"]
-# fairseq silences INFO logs on ranks > 0; the growth lines of every rank are wanted here
 TRAIN_EVERY_RANK_LOGS_GROWTH = ("import logging; logging.getLogger('gpts_fairseq.growth').setLevel(logging.INFO); "
                                 "from fairseq_cli.train import cli_main; cli_main()")
 GROWTH_LINE = re.compile(r"grow: update (\d+): .*parameter checksum ([-\d.e+]+)(?:; reference loss ([\d.]+) -> ([\d.]+))?")
@@ -27,11 +26,25 @@ def losses(proc):
     return [(int(r["num_updates"]), r["loss"]) for r in json_log(proc, "train_inner")]
 
 
+def start_training(args):
+    """fairseq-train in a subprocess on one thread, with the growth lines of every rank logged
+    (fairseq silences INFO logs on ranks > 0); ``finish`` waits for it."""
+    return subprocess.Popen([sys.executable, "-c", TRAIN_EVERY_RANK_LOGS_GROWTH, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def finish(procs):
+    """The CompletedProcess of each run started together, once all have exited 0."""
+    outputs = [proc.communicate(timeout=600) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * len(procs), "\n".join(err[-3000:] for _, err in outputs)
+    return [subprocess.CompletedProcess(proc.args, 0, out, err) for proc, (out, err) in zip(procs, outputs)]
+
+
 def test_one_stage_schedule_is_plain_roberta(tiny_corpus, tmp_path):
-    common = [tiny_corpus, *TINY_MODEL, *GROW[2:], "--max-update", "8", "--no-save", "--save-dir", tmp_path,
-              "--validate-interval-updates", "4"]
-    plain = run_fairseq(common)
-    grown = run_fairseq([*common, "--arch", "gpts_roberta_grow"])
+    """The two runs are independent: they start together."""
+    common = [tiny_corpus, *TINY_MODEL, *GROW[2:], "--max-update", "8", "--no-save", "--validate-interval-updates", "4"]
+    plain, grown = finish([start_training([*common, "--save-dir", tmp_path / "plain"]),
+                           start_training([*common, "--save-dir", tmp_path / "grown", "--arch", "gpts_roberta_grow"])])
     assert "GrowRobertaModel" in grown.stdout + grown.stderr
     assert len(losses(plain)) == 8 and losses(grown) == losses(plain)
     valid = [r["valid_loss"] for r in json_log(plain, "valid")]
@@ -89,18 +102,14 @@ def test_two_ranks_grow_identically_with_gp_ts_and_subsets(tiny_corpus, tmp_path
             "--subset-selector", "ingenious", "--subset-partition-size", "40", "--subset-warmup-epochs", "1",
             "--distributed-world-size", "2", "--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp",
             "--distributed-init-method", f"tcp://127.0.0.1:{_free_port()}", "--distributed-no-spawn"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, "-c", TRAIN_EVERY_RANK_LOGS_GROWTH, *map(str, args), "--distributed-rank", str(rank)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for rank in (0, 1)]
-    outputs = [proc.communicate(timeout=600) for proc in procs]
-    assert [proc.returncode for proc in procs] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
-    ranks = [growths(subprocess.CompletedProcess([], 0, out, err)) for out, err in outputs]
+    runs = finish([start_training([*args, "--distributed-rank", rank]) for rank in (0, 1)])
+    ranks = [growths(run) for run in runs]
     assert [g[0] for g in ranks[0]] == [2, 3]
     assert [g[:2] for g in ranks[0]] == [g[:2] for g in ranks[1]]  # updates and checksums
     [(_, _, before, after), _] = ranks[0]
     assert abs(after - before) < 1e-5  # width tiling without noise
     assert ranks[0][1][2] is not None and ranks[1][1][2] is None  # the first rank measures the loss
-    first_rank_log = outputs[0][0]  # fairseq logs to stdout
+    first_rank_log = runs[0].stdout  # fairseq logs to stdout
     assert "gpts: interaction 0" in first_rank_log
     assert first_rank_log.index("grow: update 3:") < first_rank_log.index("subset of epoch 3: ingenious")
     assert [load_subset(str(tmp_path), epoch)["kind"] for epoch in (2, 3)] == ["ingenious", "ingenious"]
