@@ -8,6 +8,7 @@ import time
 import torch
 from fairseq.distributed import utils as distributed_utils
 
+from ..distributed import data_parallel_rank_and_size
 from .features import block_features
 from .selection import facility_location_orders, one_thread, random_partitions, sample_from_gains, subset_size
 from .store import load_subset, save_subset, subset_hash, subset_path
@@ -26,11 +27,11 @@ def keyed_generator(seed: int, *key) -> torch.Generator:
 
 
 def _rank_and_group():
-    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+    rank, world_size = data_parallel_rank_and_size()
+    if world_size == 1:
         return 0, 1, None, 0
     group = distributed_utils.get_data_parallel_group()
-    return (distributed_utils.get_data_parallel_rank(), distributed_utils.get_data_parallel_world_size(),
-            group, torch.distributed.get_global_rank(group, 0))
+    return rank, world_size, group, torch.distributed.get_global_rank(group, 0)
 
 
 class EpochSubsets:
