@@ -33,6 +33,14 @@ after seeing results):
   overhead goal. Its cost is reported for n = 50 and n = 200 either way.
 - **Report.** Every number (table printed, JSON in ``benchmarks/results/reward_noise.json``,
   no machine paths, with the load average), including every criterion that fails.
+
+    python benchmarks/reward_noise.py                 # state run, then the 24 replicates (resumable, ~35 min here)
+    python benchmarks/reward_noise.py --summary-only  # the table and the verdicts from the JSON
+
+Replicates restore the state checkpoint with fairseq's ``--restore-file`` (optimizer, lr
+scheduler, EMA) and ``--gpts-allow-option-change`` (the seed and ρ are reward options of the
+task); the rewards are measured afterwards from their checkpoints at +50 and +200, with the
+task built from the state run's checkpoint, so every run is scored on seed 0's reward batches.
 """
 
 from __future__ import annotations
