@@ -51,7 +51,6 @@ import math
 import os
 import statistics
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence

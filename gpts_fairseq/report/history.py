@@ -25,7 +25,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..psi_names import FAIRSEQ_DEFAULT_PSI, PSI_FIELDS as PSI_DIMS
+from ..psi_names import FAIRSEQ_DEFAULT_PSI
 
 HISTORY_FILE = "gpts_history.jsonl"
 LOG_FILE = "train.log"

@@ -11,7 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 import numpy as np  # noqa: E402
 
-from .history import PSI_DIMS, Interaction, Posterior, Run  # noqa: E402
+from ..psi_names import PSI_FIELDS  # noqa: E402
+from .history import Interaction, Posterior, Run  # noqa: E402
 from .summary import group_by_label, mean_curve, run_display_name  # noqa: E402
 
 DIM_LABELS = {"mask_prob": "ρ (mask_prob)", "leave_unmasked_prob": "γ (leave_unmasked_prob)",
@@ -45,9 +46,9 @@ def plot_psi(runs: Sequence[Run], path: Path) -> Path:
     verticals at the interaction boundaries."""
     with_psi = [r for r in runs if r.psi_sequence]
     psis = [seg["psi"] for r in with_psi for seg in r.psi_sequence]
-    dims = [d for d in PSI_DIMS if any(d in p for p in psis)]
+    dims = [d for d in PSI_FIELDS if any(d in p for p in psis)]
     dims += sorted({d for p in psis for d in p} - set(dims))
-    dims = dims or list(PSI_DIMS)
+    dims = dims or list(PSI_FIELDS)
     groups = group_by_label(with_psi)
     colours = _colours(list(groups))
     fig, axes = plt.subplots(len(dims), 1, figsize=(8, 2.4 * len(dims)), sharex=True, squeeze=False)
