@@ -30,6 +30,7 @@ class RewardBatches:
     def __init__(self, build: Callable[[], list], mask: Callable[[dict], dict]):
         self._build, self._mask = build, mask
         self._batches = None
+        self._index_by_ids = None  # a reward batch's ids -> its index
         self._seen_update, self._seen = None, {}  # batch index -> (loss, sample_size) at _seen_update
         self.passes = self.reuses = 0  # reward passes run / measurements taken from validation
 
@@ -49,13 +50,15 @@ class RewardBatches:
         self._seen[index] = (loss.detach(), sample_size)
 
     def _index_of(self, sample: dict):
-        ids, tokens = sample["id"], sample["net_input"]["src_tokens"]
-        for index, batch in enumerate(self.batches):
-            if batch["id"].shape == ids.shape and torch.equal(batch["id"], ids.cpu()) \
-                    and batch["net_input"]["src_tokens"].shape == tokens.shape \
-                    and torch.equal(batch["net_input"]["src_tokens"], tokens.cpu()):
-                return index
-        return None
+        """The reward batch that ``sample`` is (same ids and tokens), or None."""
+        ids = sample["id"].cpu()
+        if self._index_by_ids is None:
+            self._index_by_ids = {tuple(batch["id"].tolist()): index for index, batch in enumerate(self.batches)}
+        index = self._index_by_ids.get(tuple(ids.tolist()))
+        if index is None:
+            return None
+        tokens, expected = sample["net_input"]["src_tokens"].cpu(), self.batches[index]["net_input"]["src_tokens"]
+        return index if tokens.shape == expected.shape and torch.equal(tokens, expected) else None
 
     def loss(self, module: torch.nn.Module, criterion, update: int | None = None) -> float:
         """The reward's loss in bits (NaN when nothing was selected). With ``update`` (the update
