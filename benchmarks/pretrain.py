@@ -104,6 +104,7 @@ BUDGET_RANGE = (1500, 4000)
 INTERACTION_CANDIDATES = (50, 100, 150, 200, 250, 300, 400)
 OVERHEAD_GOAL = 0.02
 MIN_DECISIONS = 10
+SYMLOG_LINEAR_BITS = 0.02  # delta_vs_constant.png: linear within this many bits of 0
 # lasting arm effect per unit rho per update (relative reward), from the earlier protocol's
 # fit r = +0.011 rho_k - 0.008 rho_{k-1} per 20-update interaction
 ARM_EFFECT_PER_UPDATE = (0.011 - 0.008) / 20
@@ -774,13 +775,18 @@ def plot_paired_deltas(per_corpus: dict, path: Path) -> Path:
                     color=cmap(_policy_order(label) % 10), label=label)
         ax.axhline(0.0, color="k", lw=0.8)
         seeds = len({r.info.seed for r in runs})
-        ax.set_title(f"{corpus} ({seeds} seeds)", fontsize=10)
+        ax.set_title(f"{corpus} ({seeds} seed{'s' if seeds != 1 else ''})", fontsize=10)
         ax.set_xlabel("update")
-        ax.set_ylim(-0.06, 0.06)
+        # Gaps on the plateau are hundredths of a bit, after the escape whole bits: linear
+        # within ±SYMLOG_LINEAR_BITS, logarithmic beyond, so both show.
+        ax.set_yscale("symlog", linthresh=SYMLOG_LINEAR_BITS)
     axes[0, 0].set_ylabel("val loss − constant-0.15 (same seed), bits")
-    axes[0, -1].legend(fontsize=7, loc="upper right")
+    handles = {}
+    for ax in axes[0]:
+        handles.update(zip(*reversed(ax.get_legend_handles_labels())))
+    fig.legend(handles.values(), handles.keys(), fontsize=7, loc="lower center", ncol=len(handles))
     fig.suptitle("validation loss relative to constant-0.15 (same seed, mean over seeds; < 0 = better)", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
