@@ -694,6 +694,27 @@ def final_table(per_corpus: dict) -> str:
     return "\n".join(rows)
 
 
+def block_table(per_corpus: dict, policy: str = SCORED_POLICY) -> str:
+    """One row per (corpus, seed) block: every policy's final loss, and ``policy``'s gap to the
+    best fixed ρ of the corpus and to random in that block — the pairs criteria (b), (c) score."""
+    labels = list(POLICIES)
+    rows = ["| corpus | seed | " + " | ".join(labels) + f" | {policy} − best fixed ρ | {policy} − random |",
+            "|---|---:|" + "---:|" * (len(labels) + 2)]
+    for corpus, runs in per_corpus.items():
+        by_label = {label: _by_seed(runs, label) for label in labels}
+        fixed = {label: by_label[label] for label in FIXED_RHO if by_label[label]}
+        best = min(fixed, key=lambda label: statistics.fmean(
+            final_loss(r, FINAL_VALIDATIONS) for r in fixed[label].values())) if fixed else None
+        for seed in sorted({s for members in by_label.values() for s in members}):
+            finals = {label: final_loss(by_label[label][seed], FINAL_VALIDATIONS)
+                      for label in labels if seed in by_label[label]}
+            gaps = [f"{finals[policy] - finals[other]:+.3f}" if policy in finals and other in finals else "–"
+                    for other in (best, "random")]
+            rows.append(f"| {corpus} | {seed} | " + " | ".join(
+                f"{finals[label]:.3f}" if label in finals else "–" for label in labels) + " | " + " | ".join(gaps) + " |")
+    return "\n".join(rows)
+
+
 def write_summary(results_root: Path, corpus_names: Sequence[str] | None = None, work_root: Path = DEFAULT_WORK) -> Path:
     """summary.md: pilots, interaction length, the criteria, tables and gpts-report plots."""
     results_root = Path(results_root)
@@ -720,6 +741,7 @@ def write_summary(results_root: Path, corpus_names: Sequence[str] | None = None,
         criteria = score(per_corpus, scored)
         lines += ["## Pre-registered criteria (gp-ts-trend)", "", *[f"- {c.line()}" for c in criteria], "",
                   "## Final losses", "", final_table(per_corpus), "",
+                  "## Same-seed blocks (final loss, bits)", "", block_table(per_corpus), "",
                   "## Compute", "", compute_table(per_corpus), ""]
         figure = plot_paired_deltas(per_corpus, results_root / "delta_vs_constant.png")
         lines += [f"![validation loss minus constant-0.15's, same seed]({figure.name})", ""]

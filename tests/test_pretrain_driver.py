@@ -265,5 +265,7 @@ def test_summary_prints_the_criteria_and_tables(tmp_path):
     assert "- (c) incomplete: lower final loss than random on 3 of 3 same-seed pairs" in text
     assert "| linux | gp-ts-trend | 1 | 3.989 | -0.0120 (1/1) |" in text
     assert "| linux | gp-ts-trend | 1 | 1.000 | 8 | 32 | 112 | 40.0% |" in text
+    # the block row: no schedule or GP-TS-rho run here; gaps to constant-0.30 and to random
+    assert "| linux | 1 | 4.001 | 3.991 | 4.021 | – | 4.006 | – | 3.989 | -0.002 | -0.017 |" in text
     assert (tmp_path / "delta_vs_constant.png").is_file()
     assert (tmp_path / "linux" / "report" / "val_loss.png").is_file()
