@@ -530,6 +530,14 @@ def _by_seed(runs, label):
     return {r.info.seed: r for r in runs if r.info.label == label and final_loss(r, FINAL_VALIDATIONS) is not None}
 
 
+def best_fixed_rho(runs) -> str | None:
+    """The constant policy with the lowest seed-mean final loss (criterion (b)'s yardstick)."""
+    fixed = {label: _by_seed(runs, label) for label in FIXED_RHO}
+    fixed = {label: members for label, members in fixed.items() if members}
+    return min(fixed, key=lambda label: statistics.fmean(
+        final_loss(r, FINAL_VALIDATIONS) for r in fixed[label].values())) if fixed else None
+
+
 def score(per_corpus: dict, corpora_names: Sequence[str], seeds: Sequence[int] = SUITE_SEEDS,
           policy: str = SCORED_POLICY) -> list[Criterion]:
     """The three pre-registered criteria for ``policy`` over ``corpora_names`` x ``seeds``."""
@@ -565,14 +573,12 @@ def score(per_corpus: dict, corpora_names: Sequence[str], seeds: Sequence[int] =
     diffs = []
     for corpus in corpora_names:
         runs = per_corpus.get(corpus, [])
-        fixed = {label: _by_seed(runs, label) for label in FIXED_RHO}
-        fixed = {label: members for label, members in fixed.items() if members}
-        if not fixed:
+        best = best_fixed_rho(runs)
+        if best is None:
             continue
-        best = min(fixed, key=lambda label: statistics.fmean(final_loss(r, FINAL_VALIDATIONS) for r in fixed[label].values()))
-        mine = _by_seed(runs, policy)
-        diffs += [final_loss(mine[s], FINAL_VALIDATIONS) - final_loss(fixed[best][s], FINAL_VALIDATIONS)
-                  for s in seeds if s in mine and s in fixed[best]]
+        mine, fixed = _by_seed(runs, policy), _by_seed(runs, best)
+        diffs += [final_loss(mine[s], FINAL_VALIDATIONS) - final_loss(fixed[s], FINAL_VALIDATIONS)
+                  for s in seeds if s in mine and s in fixed]
     if len(diffs) >= 2:
         bound = one_sided_upper_bound(diffs, BOUND_LEVEL)
         numbers = (f"mean gap {statistics.fmean(diffs):+.4f} bits, {BOUND_LEVEL:.0%} upper bound {bound:+.4f} "
@@ -702,9 +708,7 @@ def block_table(per_corpus: dict, policy: str = SCORED_POLICY) -> str:
             "|---|---:|" + "---:|" * (len(labels) + 2)]
     for corpus, runs in per_corpus.items():
         by_label = {label: _by_seed(runs, label) for label in labels}
-        fixed = {label: by_label[label] for label in FIXED_RHO if by_label[label]}
-        best = min(fixed, key=lambda label: statistics.fmean(
-            final_loss(r, FINAL_VALIDATIONS) for r in fixed[label].values())) if fixed else None
+        best = best_fixed_rho(runs)
         for seed in sorted({s for members in by_label.values() for s in members}):
             finals = {label: final_loss(by_label[label][seed], FINAL_VALIDATIONS)
                       for label in labels if seed in by_label[label]}
