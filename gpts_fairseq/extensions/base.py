@@ -1,0 +1,133 @@
+"""Training extensions: what one method may do inside gpts_mlm's lifecycle.
+
+Each method (GP-TS masking interactions, subsets, growth, the architecture searches) is one
+``TrainingExtension``. The task is a generic driver: it builds the extensions turned on by the
+task's options (``enabled(cfg)``, in ``__init__``) or by the model (``enabled_for_model(model)``,
+in ``build_model``: growth and super-nets are chosen with ``--arch``), in ``EXTENSIONS`` order,
+and calls their hooks in this order:
+
+==========================  ===================================================================
+task event                  hook (every enabled extension, in registry order)
+==========================  ===================================================================
+task ``__init__``           ``check_options(cfg)`` (classmethod, *every* registered extension,
+                            enabled or not: bad input is refused before any data is read),
+                            then ``__init__(cfg, context)`` for the enabled ones
+``build_model``             ``model = ext.build_model(model)``: adjust or wrap the model,
+                            then ``ext.check_model(model)`` (checks that need the model)
+``get_batch_iterator``      ``dataset = ext.epoch_dataset(dataset, epoch, batching)`` for the
+  (training split only)     training split: choose the epoch's examples
+``begin_epoch``             ``ext.begin_epoch(epoch, model)``
+``train_step``              ``ext.before_update(model, optimizer, update_num)``, then the task
+                            masks the batch with ``context.psi``, then
+                            ``sample = ext.transform_batch(sample, model)``, the update, then
+                            ``ext.after_update(model, update_num)``
+``valid_step``              the task masks at the reference ψ and runs the criterion, then
+                            ``ext.after_validation(sample, model, criterion, loss, sample_size,
+                            logging_output)``
+checkpoint save / resume    ``ext.state_dict()`` / ``ext.load_state_dict(state)``, under the
+                            key ``ext.name`` in the task's checkpoint dict
+==========================  ===================================================================
+
+Rules every extension keeps:
+- It never imports the task (``gpts_fairseq.tasks``); what it needs from the task comes
+  through ``ExtensionContext``.
+- Decisions are keyed by (seed, update or epoch) and taken identically on every rank, or taken
+  on rank 0 and broadcast (``gpts_fairseq.runtime``); resume is exact.
+- Its events go to ``context.events(name)`` (schema-checked JSONL in the save dir), never only
+  to log messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How the task batches an epoch (what an epoch-dataset hook may need to read features)."""
+
+    max_tokens: int | None
+    max_sentences: int | None
+
+
+@dataclass
+class ExtensionContext:
+    """What the task lends its extensions (so that none imports it).
+
+    ``mask(sample, psi, step)``: the batch masked as the task masks it (step 0 = validation).
+    ``reference_psi``: the fixed validation masking. ``reference_loss(module, criterion)``: the
+    loss of the fixed reward batches at the reference masking, eval mode, RNGs untouched.
+    ``events(name)``: the event log of an extension (see ``gpts_fairseq.events``).
+    ``psi()``: the masking in force for training (owned by the interactions extension).
+    """
+
+    cfg: Any
+    dictionary: Any
+    save_dir: str | None
+    seed: int
+    mask: Callable[[dict, Any, int], dict]
+    reference_psi: Any
+    reference_loss: Callable[[torch.nn.Module, Any], float]
+    events: Callable[[str], Any]
+    psi: Callable[[], Any]
+
+
+class TrainingExtension:
+    """Base class: every hook does nothing. Subclasses set ``name`` (the checkpoint key and the
+    event log's name) and override what their method needs."""
+
+    name: ClassVar[str] = ""
+
+    @classmethod
+    def enabled(cls, cfg) -> bool:
+        """Whether the options turn this method on."""
+        return False
+
+    @classmethod
+    def enabled_for_model(cls, model: torch.nn.Module) -> bool:
+        """Whether the model (unwrapped) needs this method; such an extension is built in
+        ``build_model`` and its hooks apply from there on."""
+        return False
+
+    @classmethod
+    def check_options(cls, cfg) -> None:
+        """Raise ValueError naming the option and its valid range; runs before any data is read."""
+
+    def __init__(self, cfg, context: ExtensionContext):
+        self.cfg = cfg
+        self.context = context
+
+    def build_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def check_model(self, model: torch.nn.Module) -> None:
+        """Raise ValueError for options that do not fit this model (before training)."""
+
+    def epoch_dataset(self, dataset, epoch: int, batching: Batching):
+        return dataset
+
+    def begin_epoch(self, epoch: int, model: torch.nn.Module) -> None:
+        pass
+
+    def before_update(self, model: torch.nn.Module, optimizer, update_num: int) -> None:
+        pass
+
+    def transform_batch(self, sample: dict, model: torch.nn.Module) -> dict:
+        return sample
+
+    def after_update(self, model: torch.nn.Module, update_num: int) -> None:
+        pass
+
+    def after_validation(self, sample: dict, model: torch.nn.Module, criterion, loss, sample_size,
+                         logging_output: dict) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
