@@ -145,6 +145,29 @@ def test_bad_options_fail_before_any_work(tmp_path, argv, message):
     assert not (tmp_path / "d").exists() and not (tmp_path / "w").exists()
 
 
+class _Prepared(Exception):
+    """Raised by the stand-in for prepare_text: the driver got as far as preparing the user's text."""
+
+
+@pytest.mark.xfail(strict=True, reason="issue 21 item 8: --text without --corpus also runs the shared corpora")
+def test_text_without_corpus_runs_the_users_text_only(tmp_path, monkeypatch):
+    asked = []
+
+    def shared(corpus, *args, **kwargs):
+        asked.append(corpus)
+        return tmp_path / corpus
+
+    def users(name, *args, **kwargs):
+        raise _Prepared(name)
+
+    monkeypatch.setattr(pretrain.corpora, "prepare", shared)
+    monkeypatch.setattr(pretrain.corpora, "prepare_text", users)
+    with pytest.raises(_Prepared, match="mine"):
+        pretrain.main(["--text", str(tmp_path / "my.txt"), "--text-name", "mine", "--results-root", str(tmp_path / "r"),
+                       "--work-root", str(tmp_path / "w"), "--data-root", str(tmp_path / "d")])
+    assert asked == []  # no shared corpus prepared, so none piloted or run
+
+
 def _fake_result(root, corpus, policy, seed, curve, budget=None, compute=None):
     path = pretrain.result_path(root, corpus, policy, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
