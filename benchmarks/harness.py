@@ -132,7 +132,7 @@ class RunSpec:
 
     def command(self, save_dir: Path) -> list[str]:
         """The full fairseq-train command line."""
-        return [corpora._fairseq_tool("fairseq-train"), str(self.data_dir), "--user-dir", str(USER_DIR),
+        return [corpora.fairseq_tool("fairseq-train"), str(self.data_dir), "--user-dir", str(USER_DIR),
                 "--task", "gpts_mlm", "--criterion", "gpts_masked_lm", *self.model, *self.fairseq, *self.arm_args,
                 "--max-update", str(self.budget_updates), "--seed", str(self.seed), "--cpu", "--num-workers", "0",
                 *([] if self.keep_checkpoints else ["--no-save"]),
@@ -184,7 +184,7 @@ def portable(value, places: dict[str, str]):
     return value
 
 
-def _places(spec: RunSpec, save_dir: Path, work_root: Path) -> dict[str, str]:
+def places_of(spec: RunSpec, save_dir: Path, work_root: Path) -> dict[str, str]:
     places = {str(save_dir): "<save>", str(spec.data_dir): "<data>", str(USER_DIR): "<user-dir>",
               str(work_root): "<work>"}
     if spec.warm_start is not None:
@@ -296,10 +296,12 @@ def _check_done(out: Path, done: dict, spec: RunSpec) -> None:
 
 
 def run(spec: RunSpec, results_root: Path, work_root: Path = WORK_ROOT,
-        finish: Callable[[Path, dict], dict] | None = None, stop: Callable[[Curve], bool] | None = None) -> dict:
+        finish: Callable[[Path, dict], dict] | None = None, stop: Callable[[Curve], bool] | None = None,
+        out: Path | None = None) -> dict:
     """The result of one run: read back if finished, else trained and written (see the module
-    docstring). ``finish(save_dir, result)`` returns the driver's own fields."""
-    out = result_path(results_root, spec.corpus, spec.arm, spec.seed)
+    docstring) to ``out`` (default :func:`result_path`). ``finish(save_dir, result)`` returns
+    the driver's own fields; ``stop(validation curve)`` ends the run early when it holds."""
+    out = out or result_path(results_root, spec.corpus, spec.arm, spec.seed)
     if out.exists():
         done = json.loads(out.read_text())
         _check_done(out, done, spec)
@@ -308,7 +310,7 @@ def run(spec: RunSpec, results_root: Path, work_root: Path = WORK_ROOT,
     if save_dir.exists():  # a run killed before its result: start over
         shutil.rmtree(save_dir)
     save_dir.mkdir(parents=True)
-    places = _places(spec, save_dir, Path(work_root))
+    places = places_of(spec, save_dir, Path(work_root))
     args = portable(spec.command(save_dir)[1:], places)
     RunInfo(label=spec.arm, seed=spec.seed, corpus=spec.corpus, budget_updates=spec.budget_updates,
             fairseq_args=args, **spec.report_info).write(save_dir)
@@ -330,7 +332,8 @@ def run(spec: RunSpec, results_root: Path, work_root: Path = WORK_ROOT,
         "events": {name: read_events(str(save_dir), name) for name in event_names(save_dir)},
         "warm_start": spec.warm_start.record() if spec.warm_start else None,
     }
-    if not stopped and (not log.val_curve or log.val_curve[-1][0] != spec.budget_updates):
+    validates = "--disable-validation" not in (*spec.fairseq, *spec.arm_args)
+    if validates and not stopped and (not log.val_curve or log.val_curve[-1][0] != spec.budget_updates):
         raise RunFailed(f"{save_dir}: no validation at the budget's update {spec.budget_updates} in {LOG_FILE}")
     if finish is not None:
         result.update(finish(save_dir, result))
@@ -385,6 +388,14 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
+def add_suite_arguments(parser, results_root: Path, work_root: Path) -> None:
+    """The options every driver shares: --jobs, --results-root, --work-root, --summary-only."""
+    parser.add_argument("--jobs", type=int, default=1, help="runs side by side (each single-threaded)")
+    parser.add_argument("--results-root", type=Path, default=results_root)
+    parser.add_argument("--work-root", type=Path, default=work_root, help="fairseq save dirs (outside the repo)")
+    parser.add_argument("--summary-only", action="store_true", help="only score the recorded results")
+
+
 # -- a shared warm start -----------------------------------------------------------------------
 
 
@@ -411,11 +422,11 @@ def warm_start(spec: RunSpec, margin_bits: float, store_root: Path, work_root: P
     save_dir.mkdir(parents=True)
 
     def saved_below(curve: Curve) -> list[tuple[int, float]]:
-        return [(u, x) for u, x in curve if x < threshold and _checkpoint_at(save_dir, u) is not None]
+        return [(u, x) for u, x in curve if x < threshold and checkpoint_at(save_dir, u) is not None]
 
     def reached(curve: Curve) -> bool:  # checkpoints above the threshold can never be chosen: dropped
         for update, loss in curve:
-            if loss >= threshold and (path := _checkpoint_at(save_dir, update)) is not None:
+            if loss >= threshold and (path := checkpoint_at(save_dir, update)) is not None:
                 path.unlink()
         return bool(saved_below(curve))
 
@@ -427,9 +438,9 @@ def warm_start(spec: RunSpec, margin_bits: float, store_root: Path, work_root: P
                         f"(entropy {entropy:.3f} - margin {margin_bits}) within {spec.budget_updates} updates "
                         f"(exit {code}), see {save_dir}/stdout.log")
     update, loss = below[0]  # the first: the same whenever the poll noticed it
-    _store_weights(_checkpoint_at(save_dir, update), home / "checkpoint.pt")
+    _store_weights(checkpoint_at(save_dir, update), home / "checkpoint.pt")
     made = WarmStart(home / "checkpoint.pt", fingerprint, update, loss, entropy, margin_bits)
-    places = _places(spec, save_dir, Path(work_root))
+    places = places_of(spec, save_dir, Path(work_root))
     write_json(record, {"warm_start": made.record(), "corpus": spec.corpus, "wall_time_s": wall,
                         "val_curve": [list(p) for p in curve],
                         "fairseq_args": portable(trainer.command(save_dir)[1:], places)})
@@ -444,7 +455,8 @@ def _checkpoint_every(fairseq: Sequence[str]) -> list[str]:
     return ["--save-interval-updates", every, "--no-epoch-checkpoints", "--no-last-checkpoints"]
 
 
-def _checkpoint_at(save_dir: Path, update: int) -> Path | None:
+def checkpoint_at(save_dir: Path, update: int) -> Path | None:
+    """The interval checkpoint fairseq saved at ``update`` (``checkpoint_<epoch>_<update>.pt``)."""
     found = sorted(Path(save_dir).glob(f"checkpoint_*_{update}.pt"))
     return found[-1] if found else None
 
