@@ -62,7 +62,7 @@ TARGET = dict(layers=4, embed_dim=128, ffn=512, heads=4, tokens=128)
 MASK_PROB = 0.15
 # the small stage of each arm (None: the full model from the start)
 ARMS = {"fixed": None, "compound": "layers=2,ffn=128,tokens=64", "depth": "layers=2", "width": "ffn=128"}
-GROWTH_EVENT = "grow"  # gpts_fairseq.growth's event of one growth
+GROWTH_EVENT = "growth"  # gpts_fairseq.growth's event of one growth
 
 
 @dataclass(frozen=True)
@@ -150,9 +150,10 @@ def run_spec(corpus: str, data_dir: Path, arm: str, seed: int, settings: Setting
 
 
 def growths(result: dict) -> list[dict]:
-    """The run's growths and the reference loss just before and after each, from its events."""
+    """The run's growths and the reference loss just before and after each, from its events
+    (those the measuring rank wrote)."""
     return [{"update": e["update"], "loss_before": e["loss_before"], "loss_after": e["loss_after"]}
-            for e in result["events"].get("growth", []) if e["event"] == GROWTH_EVENT]
+            for e in result["events"].get("growth", []) if e["event"] == GROWTH_EVENT and e["loss_before"] is not None]
 
 
 def run_fields(settings: Settings, vocabs: dict[str, int]):

@@ -17,9 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from gpts_fairseq.__main__ import DEMO_TRAIN, build_corpus  # noqa: E402
+from gpts_fairseq.__main__ import DEMO_TRAIN, build_corpus
 
 MODEL = DEMO_TRAIN[: DEMO_TRAIN.index("--task")]  # the demo's tiny RoBERTa and optimiser, no gpts options
 TARGET = 0.98

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchmarks import corpora, harness
-from gpts_fairseq.events import EVENTS_FILE
+from gpts_fairseq.events import EVENTS_FILE, EventLog
 
 MODEL = ("--arch", "roberta_base", "--encoder-layers", "2", "--encoder-embed-dim", "32",
          "--encoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2", "--max-positions", "64",
@@ -59,7 +59,7 @@ class FakeFairseq:
 
 @pytest.fixture
 def fake(monkeypatch):
-    fake = FakeFairseq(events=[{"event": "grow", "update": 2, "loss_before": 6.0, "loss_after": 6.1}])
+    fake = FakeFairseq(events=[{"event": "growth", "update": 2, "loss_before": 6.0, "loss_after": 6.1}])
     monkeypatch.setattr(harness, "_train", fake)
     return fake
 
@@ -201,3 +201,51 @@ def test_arms_from_a_warm_start_begin_with_its_weights(tiny_corpus, tmp_path):
         assert weights.keys() == warm.keys() and all(torch.equal(weights[k], warm[k]) for k in warm)
     cold = one_update("cold", 2, "0.15", None)
     assert not all(torch.equal(cold[k], warm[k]) for k in warm)
+
+
+# The records of gpts_fairseq.growth and gpts_fairseq.subsets (their EVENT_SCHEMA), by hand.
+GROWTH_SCHEMA = {"growth": {"stage": int, "layers": int, "ffn": int, "tokens": int, "parameters": int, "depth": str,
+                            "width_noise": float, "optimizer": str, "seconds": float, "checksum": float,
+                            "loss_before": (float, type(None)), "loss_after": (float, type(None))}}
+SUBSETS_SCHEMA = {"selection": {"epoch": int, "kind": str, "selector": str, "fraction": float, "size": int,
+                                "count": int, "feature_seconds": float, "greedy_seconds": float, "hash": str,
+                                "file": (str, type(None))}}
+
+
+def _write_events(save_dir, name, schema, records):
+    log = EventLog(str(save_dir), name, schema)
+    for record in records:
+        log.write(record)
+
+
+def test_growth_and_subset_results_come_from_the_event_files(tmp_path, monkeypatch):
+    from benchmarks import growth, subsets
+
+    fake = FakeFairseq(losses=(6.0, 5.0))
+
+    def with_events(spec, save_dir, stop):
+        out = fake(spec, save_dir, stop)
+        grow = {"stage": 1, "layers": 4, "ffn": 512, "tokens": 128, "parameters": 10, "depth": "stack",
+                "width_noise": 0.01, "optimizer": "carry", "seconds": 0.1, "checksum": 1.5}
+        _write_events(save_dir, "growth", GROWTH_SCHEMA, [
+            {"event": "growth", "update": 2, **grow, "loss_before": 6.0, "loss_after": 6.25},
+            {"event": "growth", "update": 2, **grow, "loss_before": None, "loss_after": None}])  # a rank that did not measure
+        pick = {"kind": "ingenious", "selector": "ingenious", "fraction": 0.25, "size": 5, "count": 20,
+                "hash": "ab", "file": None}
+        _write_events(save_dir, "subsets", SUBSETS_SCHEMA, [
+            {"event": "selection", "update": 0, "epoch": 2, **pick, "feature_seconds": 0.5, "greedy_seconds": 0.25},
+            {"event": "selection", "update": 2, "epoch": 3, **pick, "feature_seconds": 0.5, "greedy_seconds": 0.25}])
+        return out
+
+    monkeypatch.setattr(harness, "_train", with_events)
+    settings = growth.Settings(budget_updates=4, valid_every=2)
+    schedule = {"stages": "", "updates": 4, "flops_per_update": [1.0], "stage_updates": [4], "budget_flops": 4.0}
+    monkeypatch.setattr(growth, "plan", lambda arm, settings, vocab: schedule)
+    result = harness.run(growth.run_spec("toy", tmp_path, "compound", 1, settings, schedule), tmp_path / "r",
+                         tmp_path / "w", finish=growth.run_fields(settings, {"toy": 100}))
+    assert result["growths"] == [{"update": 2, "loss_before": 6.0, "loss_after": 6.25}]
+    assert result["curve"][0] == {"update": 2, "loss": 6.0, "flops": 2.0, "train_wall_s": 0.5}
+    result = harness.run(subsets.run_spec("toy", tmp_path, "ingenious", 1, 4), tmp_path / "r", tmp_path / "w",
+                         finish=subsets.run_fields)
+    assert [s["epoch"] for s in result["selections"]] == [2, 3] and result["selection_s"] == 1.5
+    assert result["seconds_per_update"] == 0.25 and result["selection_update_equivalents"] == 6.0
