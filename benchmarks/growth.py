@@ -186,8 +186,7 @@ def summarise(results_root: Path) -> dict:
     """Per corpus and arm: final losses, FLOPs/wall ratios to the target (same seed), jumps."""
     summary = {}
     for corpus in corpora.CORPORA:
-        runs = {(r["arm"], r["seed"]): r for r in (json.loads(p.read_text())
-                for p in sorted((Path(results_root) / corpus).glob("*/seed*.json")))}
+        runs = {(r["arm"], r["seed"]): r for r in harness.load_results(results_root, corpus)}
         if not runs:
             continue
         arms = {}

@@ -29,7 +29,8 @@ What it guarantees:
   driver's ``finish(save_dir, result) -> dict`` adds its own fields (derived while the save
   dir still exists). Only exit code 0 is a finished run (or the driver's own ``stop``).
 - **Fingerprint**: a hash of the corpus' prepared data, the tokenizer, ``model``, ``fairseq``,
-  the budget and the warm start: what every arm and seed of a comparison shares. A finished
+  the budget and the warm start: the run's settings apart from its arm options, seed and
+  threads (so, where arms share a budget, equal across a comparison). A finished
   result whose fingerprint, arm options or seed differ from the spec is refused, naming the
   file. (Results written before this harness carry none and are taken as they are.)
 - **Resumable**: a finished result is never redone; a run killed before its result was
@@ -125,7 +126,7 @@ class RunSpec:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
 
     def fingerprint(self) -> str:
-        """What every arm and seed of a comparison shares (see the module docstring)."""
+        """The settings apart from arm options, seed and threads (see the module docstring)."""
         return _digest({"data": Path(self.data_dir).name, "tokenizer": self.tokenizer, "model": list(self.model),
                         "fairseq": list(self.fairseq), "budget_updates": self.budget_updates,
                         "warm_start": self.warm_start.fingerprint if self.warm_start else None})

@@ -445,8 +445,9 @@ def score(per_corpus: dict, corpora_names: Sequence[str], seeds: Sequence[int] =
             notes.append(f"{corpus}: target {target:.3f} not reached")
             continue
         spent = statistics.fmean(
-            charged_compute(_compute_of(mine[s]), POLICIES[policy], reached, _interaction_updates(mine[s]),
-                            _eval_batches(mine[s])) for s in seeds)
+            charged_compute(mine[s].result.get("compute"), POLICIES[policy], reached,
+                            int(mine[s].result["settings"]["interaction_updates"]),
+                            int(mine[s].result["settings"]["eval_batches"])) for s in seeds)
         verdicts.append(spent <= COMPUTE_SHARE * budget)
         notes.append(f"{corpus}: {spent / budget:.2f} of constant-0.15's compute (update {reached} of {budget})")
     passed = sum(verdicts)
@@ -489,18 +490,6 @@ def score(per_corpus: dict, corpora_names: Sequence[str], seeds: Sequence[int] =
                   f"(need ≥ {PAIRS_TO_BEAT_RANDOM} of {pairs_wanted})"
                   + (f" (incomplete: {total} of {pairs_wanted} pairs)" if total < pairs_wanted else ""))
     return [a, b, c]
-
-
-def _compute_of(run) -> dict | None:
-    return run.result.get("compute")
-
-
-def _interaction_updates(run) -> int:
-    return int(run.result["settings"]["interaction_updates"])
-
-
-def _eval_batches(run) -> int:
-    return int(run.result["settings"]["eval_batches"])
 
 
 # -- results, summary and plots --------------------------------------------------------------

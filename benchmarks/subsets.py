@@ -231,8 +231,7 @@ def timing_table(t: dict) -> list[str]:
 
 def load(results: Path, corpus: str) -> dict:
     runs = {}
-    for path in sorted((results / corpus).glob("*/seed*.json")):
-        run = json.loads(path.read_text())
+    for run in harness.load_results(results, corpus):
         run.setdefault("val_curve", run.get("curve"))  # results written before the harness
         runs.setdefault(run["arm"], {})[run["seed"]] = run
     return runs
