@@ -211,8 +211,10 @@ class Run:
 
 def entropies(results: Path = RESULTS) -> dict[str, float]:
     """H(X_i | X_{i-1}) of each corpus' training text, from the pre-registered suite's pilots."""
-    pilots = {p.stem: json.loads(p.read_text()) for p in sorted((results / "pretrain-prereg" / "pilot").glob("*.json"))}
-    return {corpus: d["previous_token_entropy_bits"] for corpus, d in pilots.items() if "previous_token_entropy_bits" in d}
+    pilots = {p.stem: json.loads(p.read_text())
+              for p in sorted((results / "pretrain-prereg" / "pilot").glob("*.json"))}
+    key = "previous_token_entropy_bits"
+    return {corpus: d[key] for corpus, d in pilots.items() if key in d}
 
 
 def prereg_runs(results: Path = RESULTS) -> list[Run]:
