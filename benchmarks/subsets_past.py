@@ -32,6 +32,7 @@ TOKENS_PER_SAMPLE = 128
 PLATEAU_SHARE = 0.9
 LEVEL = 0.95
 MARGIN_BITS = 0.01  # S2: ingenious within this of full data
+RANDOM_SUBSETS = 100  # S3: uniform subsets the chosen one is compared with
 
 SUBSET = ("--subset-fraction", str(FRACTION), "--subset-warmup-epochs", "0")
 ARMS = {
@@ -109,12 +110,12 @@ def _by(results: Sequence[dict]) -> dict[tuple[str, str, int], dict]:
 
 def score(results: Sequence[dict], entropy: dict[str, float], corpora_names: Sequence[str] = past_plateau.CORPORA,
           seeds: Sequence[int] = SEEDS) -> list[Verdict]:
-    """S1 and S2 (docs/experiments/subsets-past-plateau.md) with the plateau check."""
+    """S1, S2 and S3 (docs/experiments/subsets-past-plateau.md) with the plateau check."""
     wanted = len(corpora_names) * len(seeds)
     failing = past_plateau.below_share_failures(results, entropy, PLATEAU_SHARE)
     if failing:
         why = f"below the entropy for < {PLATEAU_SHARE:.0%} of the budget: {', '.join(failing)}"
-        return [Verdict(n, "NOT SCOREABLE", why) for n in ("S1", "S2")]
+        return [Verdict(n, "NOT SCOREABLE", why) for n in ("S1", "S2", "S3")]
     by = _by(results)
     s1, s2, missing_cost = [], [], 0
     for corpus in corpora_names:
@@ -135,7 +136,36 @@ def score(results: Sequence[dict], entropy: dict[str, float], corpora_names: Seq
         verdicts[0] = Verdict("S1", "incomplete", f"{missing_cost} ingenious runs carry no selection events")
     verdicts.append(past_plateau.bound_verdict("S2", s2, LEVEL, MARGIN_BITS, wanted, strict=False,
                                                what="ingenious minus full data at equal updates"))
-    return verdicts
+    return verdicts + [separation([by[k] for k in sorted(by) if k[1] == "ingenious" and k[0] in corpora_names
+                                   and k[2] in seeds], wanted)]
+
+
+def first_selection(result: dict) -> dict | None:
+    records = [r for r in result.get("events", {}).get("subsets", []) if r.get("event") == "selection"]
+    return min(records, key=lambda r: r["update"]) if records else None
+
+
+def separation(ingenious: Sequence[dict], wanted: int) -> Verdict:
+    """S3: at each run's first selection, the facility-location value of the chosen subset
+    (``facility_location``) above every one of the ``RANDOM_SUBSETS`` uniform subsets'
+    (``facility_location_random``); reported with the z-score and the share of the exact
+    greedy's gain over random kept (``facility_location_greedy``)."""
+    rows = []
+    for result in ingenious:
+        record = first_selection(result)
+        if record is None or "facility_location_random" not in record:
+            return Verdict("S3", "incomplete", f"{result['corpus']} seed {result['seed']}: its first selection "
+                           f"event carries no facility-location values")
+        chosen, randoms = record["facility_location"], record["facility_location_random"]
+        mean, sd = statistics.fmean(randoms), statistics.stdev(randoms)
+        kept = (chosen - mean) / (record["facility_location_greedy"] - mean)
+        rows.append((result, chosen > max(randoms) and len(randoms) >= RANDOM_SUBSETS, (chosen - mean) / sd, kept))
+    if len(rows) < wanted:
+        return Verdict("S3", "incomplete", f"{len(rows)} of {wanted} ingenious runs")
+    detail = "; ".join(f"{r['corpus']} seed {r['seed']}: z {z:+.1f}, {kept:.0%} of the greedy's gain"
+                       for r, _, z, kept in rows)
+    return Verdict("S3", "PASS" if all(ok for _, ok, _, _ in rows) else "FAIL",
+                   f"chosen subset above all {RANDOM_SUBSETS} random ones at the first selection — {detail}")
 
 
 def table(results: Sequence[dict], corpus: str) -> list[str]:

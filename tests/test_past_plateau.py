@@ -27,7 +27,7 @@ def test_loss_at_is_linear_between_validations():
         subsets_past.loss_at(curve, 120)
 
 
-def _subsets(ingenious_gain, noise=0.002, selection_s=5.0, above=False):
+def _subsets(ingenious_gain, noise=0.002, selection_s=5.0, above=False, chosen=None):
     rng = np.random.default_rng(1)
     results = []
     for corpus in ("wikitext-2", "linux"):
@@ -35,8 +35,11 @@ def _subsets(ingenious_gain, noise=0.002, selection_s=5.0, above=False):
             base = 3.0 + rng.normal(0, 0.05)
             for arm in subsets_past.ARMS:
                 final = base + rng.normal(0, noise) - (ingenious_gain if arm == "ingenious" else 0.0)
-                events = {"subsets": [{"event": "selection", "update": 0, "feature_seconds": selection_s,
-                                       "greedy_seconds": 0.0}]} if arm == "ingenious" else {}
+                selection = {"event": "selection", "update": 0, "feature_seconds": selection_s, "greedy_seconds": 0.0}
+                if chosen is not None:
+                    selection.update(facility_location=chosen, facility_location_greedy=110.0,
+                                     facility_location_random=[100.0 + 0.01 * k for k in range(100)])
+                events = {"subsets": [selection]} if arm == "ingenious" else {}
                 results.append(_result(corpus, arm, seed, final, events=events,
                                        start=4.0 if above and arm == "full" and seed == 1 else None))
     return results
@@ -44,10 +47,12 @@ def _subsets(ingenious_gain, noise=0.002, selection_s=5.0, above=False):
 
 def test_subsets_criteria_pass_fail_and_plateau_check():
     entropy = {"wikitext-2": H, "linux": H}
-    s1, s2 = subsets_past.score(_subsets(0.03), entropy)
-    assert (s1.status, s2.status) == ("PASS", "PASS")
-    s1, s2 = subsets_past.score(_subsets(-0.03), entropy)
-    assert (s1.status, s2.status) == ("FAIL", "FAIL")
+    s1, s2, s3 = subsets_past.score(_subsets(0.03, chosen=105.0), entropy)
+    assert (s1.status, s2.status, s3.status) == ("PASS", "PASS", "PASS")
+    assert "z +15.5, 47% of the greedy's gain" in s3.detail  # (105 - 100.495) / (110 - 100.495), sd 0.29
+    s1, s2, s3 = subsets_past.score(_subsets(-0.03, chosen=100.5), entropy)
+    assert (s1.status, s2.status, s3.status) == ("FAIL", "FAIL", "FAIL")
+    assert subsets_past.score(_subsets(0.03), entropy)[2].status == "incomplete"
     # ingenious 0.03 ahead at equal updates, but its selection costs 500 of 1000 updates
     assert subsets_past.score(_subsets(0.03, selection_s=50.0), entropy)[0].status == "FAIL"
     # a full-data run above the entropy for its first validations (> 10 % of the budget)
