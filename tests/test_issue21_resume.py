@@ -73,7 +73,6 @@ def test_resume_with_a_changed_selection_option_is_refused_and_loses_nothing(
     assert all(after[name] == before[name] for name in before if name.startswith("subset"))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21 item 2")
 def test_a_truncated_selection_file_is_named_with_what_to_do(tiny_corpus, interrupted_run, tmp_path):
     save_dir = copy_of(interrupted_run, tmp_path)
     selection = save_dir / "subset" / "epoch_3.pt"
