@@ -92,24 +92,20 @@ def warm_start(corpus: str) -> harness.WarmStart:
 
 def spec(direction: str, policy: pretrain.Policy, seed: int, budget: int, warm: harness.WarmStart,
          arm: str | None = None) -> harness.RunSpec:
-    """One continued run: the suite's interactions, reward batches and reference validation."""
-    settings = replace(SETTINGS, budget_updates=budget)
-    interactions = ("--gpts-interaction-updates", str(settings.interaction_updates),
-                    "--gpts-reward-batches", str(settings.eval_batches))
+    """One continued run: the suite's run (``pretrain.run_spec``) on the target corpus, from the
+    source's warm start."""
+    made = pretrain.run_spec(direction, joint_data_dir(DIRECTIONS[direction][1]), policy, seed,
+                             replace(SETTINGS, budget_updates=budget))
     extra = THREE_ARMS if policy.name == "gp-ts-trend-3arm" else ()
-    return harness.RunSpec(corpus=direction, data_dir=joint_data_dir(DIRECTIONS[direction][1]), arm=arm or policy.name,
-                           seed=seed, budget_updates=budget, model=past_plateau.model_args(budget),
-                           fairseq=(*past_plateau.validation_args(settings.interaction_updates), *interactions),
-                           arm_args=(*policy.fairseq_args(), *extra), warm_start=warm,
-                           report_info={"policy": policy.gpts_policy, "arms": policy.arms})
+    return replace(made, arm=arm or policy.name, arm_args=(*made.arm_args, *extra), warm_start=warm)
 
 
 def charged(save_dir: Path, result: dict) -> dict:
     """The harness' ``finish``: the suite's compute accounting (``pretrain.compute_accounting``)."""
     policy = POLICIES.get(result["arm"], POLICIES[pretrain.REFERENCE_POLICY])
     settings = replace(SETTINGS, budget_updates=result["budget_updates"])
-    return {"charged": pretrain.compute_accounting(Path(save_dir) / harness.LOG_FILE, load_run(save_dir).interactions,
-                                                   settings, policy)}
+    return {"charged": pretrain.compute_accounting(result["compute"], load_run(save_dir).interactions, settings,
+                                                   policy)}
 
 
 def budget_of(direction: str, warm: harness.WarmStart) -> int:

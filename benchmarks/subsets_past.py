@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 from typing import Sequence
 
-from benchmarks import corpora, harness, past_plateau
+from benchmarks import corpora, harness, past_plateau, subsets
 from benchmarks.past_plateau import Verdict
 
 RESULTS = past_plateau.RESULTS_ROOT / "subsets-past"
@@ -83,16 +83,17 @@ def warm_starts(corpora_names: Sequence[str]) -> dict[str, harness.WarmStart]:
 # -- scoring -----------------------------------------------------------------------------------
 
 
+def run_fields(save_dir: Path, result: dict) -> dict:
+    """The harness' ``finish``: the subsets benchmark's selections and their cost
+    (``subsets.run_fields``), on the full corpus."""
+    return {**subsets.run_fields(save_dir, result), "max_lines": None}
+
+
 def selection_updates(result: dict) -> float | None:
-    """Selection cost (feature passes + greedy) in update-equivalents, from the run's subset
-    events; 0 for an arm that computes no features; None if the events are missing."""
-    if result["arm"] in ("full", "random-fixed", "random-online"):
-        return 0.0
-    records = [r for r in result.get("events", {}).get("subsets", []) if r.get("event") == "selection"]
-    if not records or not result["compute"].get("update_s"):
+    """Selection cost in update-equivalents; None for an ingenious run without selection events."""
+    if result["arm"] == "ingenious" and not result.get("selections"):
         return None
-    seconds = sum(r.get("feature_seconds", 0.0) + r.get("greedy_seconds", 0.0) for r in records)
-    return seconds / result["compute"]["update_s"]
+    return result.get("selection_update_equivalents", 0.0)
 
 
 def loss_at(curve: Sequence[Sequence[float]], update: float) -> float:
@@ -207,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # seed-major: complete same-seed blocks arrive first
         all_specs = sorted((s for c in args.corpus for s in specs(c, warm[c])),
                            key=lambda s: (s.seed, args.corpus.index(s.corpus)))
-        harness.run_suite(all_specs, RESULTS, past_plateau.RUNS_ROOT / "work", jobs=args.jobs)
+        harness.run_suite(all_specs, RESULTS, past_plateau.RUNS_ROOT / "work", jobs=args.jobs, finish=run_fields)
     print(write_summary(args.corpus).read_text())
     return 0
 

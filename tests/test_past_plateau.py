@@ -39,8 +39,9 @@ def _subsets(ingenious_gain, noise=0.002, selection_s=5.0, above=False, chosen=N
                 if chosen is not None:
                     selection.update(facility_location=chosen, facility_location_greedy=110.0,
                                      facility_location_random=[100.0 + 0.01 * k for k in range(100)])
-                events = {"subsets": [selection]} if arm == "ingenious" else {}
-                results.append(_result(corpus, arm, seed, final, events=events,
+                cost = {"events": {"subsets": [selection]}, "selections": [selection],
+                        "selection_update_equivalents": selection_s / 0.1} if arm == "ingenious" else {}
+                results.append(_result(corpus, arm, seed, final, **cost,
                                        start=4.0 if above and arm == "full" and seed == 1 else None))
     return results
 
