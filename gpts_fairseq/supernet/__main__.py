@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--out", required=True, help="output dir (state, results, plot, latency cache)")
     search.add_argument("--mode", choices=MODES, default="evolution")
     search.add_argument("--constraint", choices=CONSTRAINTS, default="none")
-    search.add_argument("--target", type=float, help="parameters, or latency in ms, the constraint aims at")
+    target = search.add_mutually_exclusive_group()
+    target.add_argument("--target", type=float, help="parameters, or latency in ms, the constraint aims at")
+    target.add_argument("--target-arch", help="L,D,H,F: aim at this sub-net's parameters or measured latency")
     search.add_argument("--window", type=parse_window, default=(0.85, 1.1),
                         help="feasible: LOW*target <= value <= HIGH*target (default 0.85,1.1)")
     search.add_argument("--generations", type=int, default=10)
@@ -86,16 +88,16 @@ def fit_latency_predictor(space, table: LatencyTable, samples: int, seed: int, p
 
 
 def search_command(options) -> dict:
-    settings = SearchSettings(mode=options.mode, constraint=options.constraint, target=options.target,
-                              window=options.window, generations=options.generations,
-                              population=options.population, candidates=options.candidates, seed=options.seed)
-    settings.check()
+    def settings_with(target):
+        return SearchSettings(mode=options.mode, constraint=options.constraint, target=target, window=options.window,
+                              generations=options.generations, population=options.population,
+                              candidates=options.candidates, seed=options.seed)
+
+    target_arch = SubArch.parse(options.target_arch, "--target-arch") if options.target_arch else None
+    if target_arch is not None and options.constraint == "none":
+        raise ValueError("--target-arch needs --constraint params or latency")
+    settings_with(1.0 if target_arch else options.target).check()  # before anything is loaded
     os.makedirs(options.out, exist_ok=True)
-    state_path = os.path.join(options.out, STATE_FILE)
-    if os.path.exists(state_path):  # refuse a changed setting before loading anything
-        with open(state_path) as handle:
-            stored = json.load(handle)["settings"]
-        settings.resumable_with(SearchSettings(**{**stored, "window": tuple(stored["window"])}))
 
     from .subnets import SubnetLoss
 
@@ -107,6 +109,17 @@ def search_command(options) -> dict:
     params = params_counter(space, vocab, model.encoder.sentence_encoder.embed_positions.weight.size(0))
     table = LatencyTable(space, vocab, options.latency_cache or os.path.join(options.out, "latency.json"),
                          threads=options.latency_threads, length=options.latency_length, runs=options.latency_runs)
+    target = options.target
+    if target_arch is not None:
+        space.check(target_arch, "--target-arch")
+        target = float(params(target_arch) if options.constraint == "params" else table(target_arch))
+        progress(f"target: {target:g} {'parameters' if options.constraint == 'params' else 'ms'} ({target_arch})")
+    settings = settings_with(target)
+    state_path = os.path.join(options.out, STATE_FILE)
+    if os.path.exists(state_path):
+        with open(state_path) as handle:
+            stored = json.load(handle)["settings"]
+        settings.resumable_with(SearchSettings(**{**stored, "window": tuple(stored["window"])}))
     predictor = fit_latency_predictor(space, table, options.latency_samples, options.seed, progress)
     feasible = Feasibility(space, settings, params, predictor.predict)
     progress(f"{len(feasible.archs)} feasible sub-nets of {space.size()}")
@@ -120,7 +133,7 @@ def search_command(options) -> dict:
     predicted = predictor.predict(archs)
     losses = [evaluated[a] for a in archs]
     front = pareto_front(list(zip(predicted, losses)))
-    result = {"settings": vars(options) | {"window": list(options.window)}, "chosen": str(best),
+    result = {"settings": vars(options) | {"window": list(options.window), "target": settings.target}, "chosen": str(best),
               "chosen_loss_bits": evaluated[best], "chosen_params": params(best),
               "chosen_latency_ms_measured": table(best), "chosen_latency_ms_predicted": float(predicted[0]),
               "latency_predictor_held_out_error": predictor.held_out_error,

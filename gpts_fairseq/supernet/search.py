@@ -58,7 +58,8 @@ class SearchSettings:
         if self.constraint not in CONSTRAINTS:
             raise ValueError(f"--constraint must be one of {', '.join(CONSTRAINTS)}, got {self.constraint!r}")
         if self.constraint != "none" and not (self.target is not None and math.isfinite(self.target) and self.target > 0):
-            raise ValueError(f"--target must be a number > 0 with --constraint {self.constraint}, got {self.target}")
+            raise ValueError(f"--target (or --target-arch) must be a number > 0 with --constraint {self.constraint}, "
+                             f"got {self.target}")
         low, high = self.window
         if not (0 < low <= 1 <= high):
             raise ValueError(f"--window must be LOW,HIGH with 0 < LOW <= 1 <= HIGH, got {low},{high}")
