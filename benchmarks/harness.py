@@ -27,7 +27,8 @@ What it guarantees:
   ``SAVE/gpts_<name>_events.jsonl`` as ``{name: records}``, read with
   :func:`gpts_fairseq.events.read_events`) and ``warm_start`` (null or its record). The
   driver's ``finish(save_dir, result) -> dict`` adds its own fields (derived while the save
-  dir still exists). Only exit code 0 is a finished run (or the driver's own ``stop``).
+  dir still exists). Only exit code 0 is a finished run (or one ended by the driver's own
+  ``stop``); it must have validated at its last update unless it runs ``--disable-validation``.
 - **Fingerprint**: a hash of the corpus' prepared data, the tokenizer, ``model``, ``fairseq``,
   the budget and the warm start: the run's settings apart from its arm options, seed and
   threads (so, where arms share a budget, equal across a comparison). A finished
@@ -40,13 +41,15 @@ What it guarantees:
 - **Progress** (:func:`run_suite`): one line per finished run: runs done / to do, its time,
   the mean time per run and the estimated time left.
 - **One fairseq log reader**: :func:`read_log` (built on ``gpts_fairseq.report.history``).
-- **The plateau check**: :func:`passed_previous_token_entropy` (share of the budget a run
-  spent below its corpus' previous-token entropy, METHOD.md §6).
+- **The plateau check**: :func:`passed_previous_token_entropy`: the share of the budget a run
+  spent below its corpus' previous-token entropy H(X_i | X_{i-1}) (a model above it has not
+  yet used more than the previous token).
 - **A shared warm start**: :func:`warm_start` trains one model per (corpus, model, settings,
-  seed, margin) until its validation loss is ``margin_bits`` below the previous-token entropy,
-  stores its weights (only: no optimizer, scheduler, data or task state) with its
-  fingerprint, and returns it for every arm (``RunSpec(warm_start=...)``); a second call
-  with the same fingerprint trains nothing.
+  seed, margin) until a validation is ``margin_bits`` below the previous-token entropy (the
+  first such validation, wherever the run was stopped), stores its weights (only: no
+  optimizer, scheduler, data or task state) with its fingerprint, and returns it for every
+  arm (``RunSpec(warm_start=...)``: fairseq's ``--finetune-from-model``); a second call with
+  the same fingerprint trains nothing.
 """
 
 from __future__ import annotations
