@@ -155,17 +155,26 @@ def test_sampling_is_a_function_of_seed_and_update():
 
 
 class _Context:
-    """The part of ExtensionContext the supernet extension uses."""
+    """The part of ExtensionContext the supernet extension uses (masking: targets at the positions
+    ``tokens`` chose, inputs replaced by the mask symbol there)."""
+
+    reference_psi = "reference"
 
     def __init__(self, seed, save_dir=None):
+        self.seed, self.save_dir = seed, save_dir
+
+    def events(self, name, schema):
         from gpts_fairseq.events import EventLog
-        from gpts_fairseq.supernet.extension import EVENT_SCHEMA
 
-        self.seed = seed
-        self._log = EventLog(save_dir, "supernet", EVENT_SCHEMA)
+        return EventLog(self.save_dir, name, schema)
 
-    def events(self, name):
-        return self._log
+    @staticmethod
+    def mask(sample, psi, step):
+        assert psi == "reference" and step == 0
+        batch, masked = tokens(*sample["net_input"]["src_tokens"].shape)
+        source = torch.where(masked, torch.full_like(batch, VOCAB - 1), batch)
+        return {**sample, "net_input": {**sample["net_input"], "src_tokens": source},
+                "target": torch.where(masked, batch, torch.ones_like(batch))}
 
 
 def _sample(rows=3, length=20):
@@ -221,10 +230,11 @@ def test_validation_reports_largest_and_smallest_losses():
     model.eval()
     extension = SuperNetExtension(None, _Context(1))
     criterion = _criterion()
-    sample = _sample()
+    unmasked = {k: v for k, v in _sample().items() if k != "target"}
+    sample = _Context.mask(unmasked, "reference", 0)
     logging_output = {}
     with torch.no_grad():
-        extension.after_validation(sample, model, criterion, None, None, logging_output)
+        extension.after_validation(unmasked, model, criterion, None, None, logging_output)
         expected = []
         for arch in (model.space.largest, model.space.smallest):
             model.set_archs([arch])

@@ -28,6 +28,7 @@ from .space import Space, SubArch
 
 SAMPLE_STREAM = 0x5B7E  # separates this generator's key from other (seed, update)-keyed streams
 DISTILL_KEY = "supernet_distill_groups"  # in a training sample: the number of batch copies
+VALID_STEP = 0  # the task's masking step of validation (ExtensionContext.mask)
 VALIDATION_KEYS = ("supernet_loss_largest", "supernet_loss_smallest", "supernet_sample_size")
 EVENT_SCHEMA = {"sample": {"archs": str, "sampler": str}}
 
@@ -77,7 +78,7 @@ class SuperNetExtension(TrainingExtension):
 
     def __init__(self, cfg, context):
         super().__init__(cfg, context)
-        self.events = context.events(self.name)
+        self.events = context.events(self.name, EVENT_SCHEMA)
         self._archs: tuple[SubArch, ...] | None = None
         self._update: int | None = None
         self._logged_update: int | None = None
@@ -105,8 +106,10 @@ class SuperNetExtension(TrainingExtension):
         unwrap(model).reset_arch()
 
     def after_validation(self, sample, model, criterion, loss, sample_size, logging_output) -> None:
-        """Adds the summed reference-masking losses of the largest and smallest sub-nets."""
+        """Adds the summed reference-masking losses of the largest and smallest sub-nets
+        (``sample`` is the batch as fairseq gave it: masked here at the reference ψ)."""
         supernet = unwrap(model)
+        sample = self.context.mask(sample, self.context.reference_psi, VALID_STEP)
         try:
             for key, arch in zip(VALIDATION_KEYS, (supernet.space.largest, supernet.space.smallest)):
                 supernet.set_archs([arch])
