@@ -35,7 +35,7 @@ end of a run (``bits_per_percent_compute``, measured below from the past-the-pla
 Growth is scored in FLOPs: a 20 % saving (ratio 0.8, the growth benchmark's threshold) is the
 size that matters, ``ln(1/0.8)`` on the log-ratio scale.
 
-    python benchmarks/power.py            # prints the table, writes benchmarks/results/power.json
+    python -m benchmarks.power            # prints the table, writes benchmarks/results/power.json
 """
 
 from __future__ import annotations
@@ -44,14 +44,11 @@ import argparse
 import json
 import math
 import statistics
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import pretrain  # noqa: E402  (FINAL_VALIDATIONS, FIXED_RHO, BOUND_BITS, BOUND_LEVEL, PAIRS_TO_BEAT_RANDOM)
+from benchmarks import harness, pretrain
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "benchmarks" / "results"
@@ -186,17 +183,6 @@ def pooled_spread(groups: Iterable[Sequence[float]]) -> Spread:
     return Spread(math.sqrt(squares / df) if df else None, df, pairs)
 
 
-def share_below(curve: Sequence[Sequence[float]], entropy: float, budget: int) -> float:
-    """Share of ``budget`` spent below ``entropy``: each validation stands for the updates
-    since the one before it."""
-    below, previous = 0, 0
-    for update, loss in sorted((int(u), float(x)) for u, x in curve):
-        update = min(update, budget)
-        below += (update - previous) * (loss < entropy)
-        previous = max(previous, update)
-    return below / budget
-
-
 # -- the committed results ---------------------------------------------------------------------
 
 
@@ -226,7 +212,7 @@ def prereg_runs(results: Path = RESULTS) -> list[Run]:
         curve = d["val_curve"]
         runs.append(Run(d["corpus"], d["policy"], d["seed"],
                         statistics.fmean(x for _, x in curve[-pretrain.FINAL_VALIDATIONS:]),
-                        share_below(curve, h[d["corpus"]], d["budget_updates"])))
+                        harness.passed_previous_token_entropy(curve, h[d["corpus"]], d["budget_updates"])))
     best = {}
     for corpus in {r.corpus for r in runs}:
         means = {arm: statistics.fmean(r.final for r in runs if r.corpus == corpus and r.arm == arm)
@@ -242,7 +228,7 @@ def subsets_runs(results: Path = RESULTS) -> list[Run]:
     for path in sorted((results / "subsets").glob("*/*/seed*.json")):
         d = json.loads(path.read_text())
         runs.append(Run(d["corpus"], d["arm"], d["seed"], d["curve"][-1][1],
-                        share_below(d["curve"], h[d["corpus"]], d["budget_updates"])))
+                        harness.passed_previous_token_entropy(d["curve"], h[d["corpus"]], d["budget_updates"])))
     return runs
 
 
@@ -258,7 +244,8 @@ def growth_runs(results: Path = RESULTS) -> list[Run]:
         for arm, table in arms.items():
             for r in table["runs"]:
                 curve = json.loads((results / "growth" / corpus / arm / f"seed{r['seed']}.json").read_text())["curve"]
-                below = share_below([(p["update"], p["loss"]) for p in curve], h[corpus], curve[-1]["update"])
+                below = harness.passed_previous_token_entropy([(p["update"], p["loss"]) for p in curve], h[corpus],
+                                                             curve[-1]["update"])
                 runs.append(Run(corpus, arm, r["seed"], r["final_loss"], below))
                 if r["flops_ratio"]:
                     runs.append(Run(corpus, f"{arm}/log-flops-ratio", r["seed"], math.log(r["flops_ratio"]), below))
@@ -291,7 +278,7 @@ def bits_per_percent_compute(results: Path = RESULTS) -> float:
     for path in sorted((results / "pretrain-prereg").glob("*/*/seed*.json")):
         d = json.loads(path.read_text())
         curve, budget = d["val_curve"], d["budget_updates"]
-        if share_below(curve, h[d["corpus"]], budget) >= PAST_SHARE:
+        if harness.passed_previous_token_entropy(curve, h[d["corpus"]], budget) >= PAST_SHARE:
             start = min(curve, key=lambda p: abs(p[0] - (1 - COMPUTE_SHARE) * budget))
             drops.append((start[1] - curve[-1][1]) / (100 * COMPUTE_SHARE))
     return statistics.median(drops)

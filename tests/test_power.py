@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
+from benchmarks import power
 
-import power  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 Z_95, Z_80 = 1.6448536269514722, 0.8416212335729143
 
@@ -66,13 +64,6 @@ def test_pooled_spread_removes_each_group_mean():
     # chi-square with 2 df is exponential: its 0.2 quantile is -2 ln 0.8
     assert spread.upper(0.8) == pytest.approx(math.sqrt(5) / math.sqrt(-math.log(0.8)))
     assert power.pooled_spread([[1.0], [2.0]]).upper() is None
-
-
-def test_share_below_counts_the_updates_since_the_previous_validation():
-    curve = [(100, 5.0), (200, 3.0), (300, 3.5)]
-    assert power.share_below(curve, 4.0, 400) == 0.5
-    assert power.share_below(curve, 3.2, 300) == pytest.approx(1 / 3)
-    assert power.share_below(curve, 2.0, 300) == 0.0
 
 
 def _runs(diffs, shares=(0.0, 0.0)):
