@@ -8,7 +8,6 @@ last checkpoint and stops at once); seeded, so a query's result does not depend 
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..report.history import read_valid_curve
 from .space import Architecture, format_layers
 
 LOG_NAME = "train.log"
@@ -53,46 +53,36 @@ class TrainSettings:
         return data
 
 
-def fairseq_command(layers: Architecture, data_dir: Path, save_dir: Path, updates: int, seed: int,
-                    settings: TrainSettings, init_checkpoint: Path | None = None) -> list[str]:
-    warmup = max(1, int(updates * settings.warmup_fraction))
-    command = [
-        sys.executable, "-m", "fairseq_cli.train", str(data_dir), "--task", "gpts_mlm", "--criterion", "gpts_masked_lm",
-        "--arch", "gpts_flexibert", "--flexi-layers", format_layers(layers),
-        "--dropout", str(settings.dropout), "--attention-dropout", str(settings.dropout),
+def recipe_options(settings: TrainSettings, updates: int) -> list[str]:
+    """The model family and training recipe of a run of ``updates`` updates (LR decaying to 0
+    at its end), without the architecture, validation and run-specific options."""
+    return [
+        "--arch", "gpts_flexibert", "--dropout", str(settings.dropout), "--attention-dropout", str(settings.dropout),
         "--tokens-per-sample", str(settings.tokens_per_sample), "--max-positions", str(settings.tokens_per_sample),
         "--sample-break-mode", "none", "--batch-size", str(settings.batch_size), "--required-batch-size-multiple", "1",
         "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--adam-eps", "1e-6", "--weight-decay", "0.01",
         "--clip-norm", "1.0", "--lr", str(settings.lr), "--lr-scheduler", "polynomial_decay",
-        "--warmup-updates", str(warmup), "--total-num-update", str(updates), "--max-update", str(updates),
-        "--mask-prob", str(settings.mask_prob), "--valid-subset", ",".join(settings.valid_subsets),
-        "--max-valid-steps", str(settings.max_valid_steps), "--validate-interval-updates", str(updates),
-        "--validate-interval", "1000000", "--save-interval", "1000000",
-        "--no-epoch-checkpoints", "--seed", str(seed), "--cpu", "--num-workers", "0", "--save-dir", str(save_dir),
-        "--log-format", "json", "--log-interval", str(max(1, updates // 10)), "--log-file", str(save_dir / LOG_NAME),
-        *settings.extra_args,
+        "--warmup-updates", str(max(1, int(updates * settings.warmup_fraction))), "--total-num-update", str(updates),
+        "--mask-prob", str(settings.mask_prob), "--no-epoch-checkpoints", "--save-interval", "1000000",
+        "--log-interval", str(max(1, updates // 10)), *settings.extra_args,
     ]
-    if init_checkpoint is not None:
-        command += ["--finetune-from-model", str(init_checkpoint)]
-    return command
 
 
-def read_validation(log_text: str) -> dict[str, dict[int, float]]:
-    """{subset: {update: loss in bits}} from a fairseq JSON log (``| valid |`` / ``| test |`` lines)."""
-    out: dict[str, dict[int, float]] = {}
-    for line in log_text.splitlines():
-        start = line.find("{")
-        if start < 0 or "_num_updates" not in line:
-            continue
-        try:
-            record = json.loads(line[start:])
-        except json.JSONDecodeError:
-            continue
-        for key, value in record.items():
-            if key.endswith("_loss") and f"{key[:-5]}_num_updates" in record and key.count("_") == 1:
-                subset = key[:-5]
-                out.setdefault(subset, {})[int(record[f"{subset}_num_updates"])] = float(value)
-    return out
+def validation_options(settings: TrainSettings, every: int) -> list[str]:
+    """Validate every ``every`` updates (and never at epoch ends) on ``settings.valid_subsets``."""
+    return ["--valid-subset", ",".join(settings.valid_subsets), "--max-valid-steps", str(settings.max_valid_steps),
+            "--validate-interval-updates", str(every), "--validate-interval", "1000000"]
+
+
+def fairseq_command(layers: Architecture, data_dir: Path, save_dir: Path, updates: int, seed: int,
+                    settings: TrainSettings, init_checkpoint: Path | None = None) -> list[str]:
+    command = [
+        sys.executable, "-m", "fairseq_cli.train", str(data_dir), "--task", "gpts_mlm", "--criterion", "gpts_masked_lm",
+        *recipe_options(settings, updates), *validation_options(settings, updates), "--flexi-layers", format_layers(layers),
+        "--max-update", str(updates), "--seed", str(seed), "--cpu", "--num-workers", "0", "--save-dir", str(save_dir),
+        "--log-format", "json", "--log-file", str(save_dir / LOG_NAME),
+    ]
+    return command + (["--finetune-from-model", str(init_checkpoint)] if init_checkpoint is not None else [])
 
 
 def train_query(layers: Architecture, data_dir: Path, save_dir: Path, updates: int, seed: int,
@@ -107,8 +97,9 @@ def train_query(layers: Architecture, data_dir: Path, save_dir: Path, updates: i
     with open(save_dir / "stdout.log", "a") as log:
         proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=save_dir)
     wall = time.perf_counter() - start
-    text = (save_dir / LOG_NAME).read_text(errors="replace") if (save_dir / LOG_NAME).exists() else ""
-    losses = {subset: curve.get(updates) for subset, curve in read_validation(text).items()}
+    log_file = save_dir / LOG_NAME
+    losses = {subset: dict(read_valid_curve(log_file, subset)).get(updates) if log_file.exists() else None
+              for subset in settings.valid_subsets}
     if proc.returncode != 0 or losses.get(settings.valid_subsets[0]) is None:
         tail = (save_dir / "stdout.log").read_text(errors="replace")[-3000:]
         raise RuntimeError(f"fairseq-train failed for {format_layers(layers)} (exit {proc.returncode}), "

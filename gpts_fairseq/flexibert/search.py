@@ -186,23 +186,22 @@ class Search:
         return next(q["query"] for q in self.queries if q["index"] == index)
 
 
-def fairseq_trainer(directory: Path, data_dir: Path, settings, seed: int) -> Callable[..., dict]:
-    """``Search.train`` for real runs: query n trains in ``runs/qNNN``, inheriting from its
-    nearest trained neighbour's last checkpoint; briefly when it inherits at least the
-    threshold fraction of its weights."""
-    from .runner import train_query
+def transfer_trainer(train_run: Callable[..., dict], checkpoint_of: Callable[[int], Path],
+                     init_of: Callable[[int], Path], vocab: int, settings, seed: int) -> Callable[..., dict]:
+    """``Search.train`` for real runs. Query n inherits from its nearest trained neighbour's
+    checkpoint (``checkpoint_of(neighbour's number)``) through a transfer checkpoint written to
+    ``init_of(n)``, and trains ``settings.transfer_updates`` when it inherits at least
+    ``settings.transfer_threshold`` of its layers' weights, else ``settings.updates``.
+    ``train_run(layers, n, updates, init_checkpoint or None, neighbour's number or None)``
+    trains and returns ``{"losses": {subset: bits}, "wall_s": seconds}``."""
     from .transfer import build_model, write_transfer_checkpoint
 
-    vocab = dictionary_size(data_dir)
-
     def train(layers, number: int, source) -> dict:
-        run_dir = Path(directory) / "runs" / f"q{number:03d}"
-        init, fraction = None, 0.0
+        init, fraction, source_number = None, 0.0, None
         if source is not None:
-            init = run_dir / "transfer.pt"
+            init = init_of(number)
             source_layers, source_number = source
-            checkpoint = Path(directory) / "runs" / f"q{source_number:03d}" / "checkpoint_last.pt"
-            transfer = write_transfer_checkpoint(init, layers, source_layers, checkpoint, seed)
+            transfer = write_transfer_checkpoint(init, layers, source_layers, checkpoint_of(source_number), seed)
             params, fraction = transfer.total_parameters, transfer.shared_fraction
             if not transfer.embeddings:  # nothing inherited
                 init.unlink()
@@ -210,11 +209,25 @@ def fairseq_trainer(directory: Path, data_dir: Path, settings, seed: int) -> Cal
         else:
             params = sum(p.numel() for p in build_model(layers, vocab, settings.tokens_per_sample, seed).parameters())
         updates = settings.transfer_updates if fraction >= settings.transfer_threshold else settings.updates
-        result = train_query(layers, data_dir, run_dir, updates, seed, settings, init)
+        result = train_run(layers, number, updates, init, None if init is None else source_number)
         return {"loss": result["losses"][settings.valid_subsets[0]], "losses": result["losses"], "params": params,
                 "updates": updates, "shared_fraction": fraction, "wall_s": result["wall_s"]}
 
     return train
+
+
+def fairseq_trainer(directory: Path, data_dir: Path, settings, seed: int) -> Callable[..., dict]:
+    """``transfer_trainer`` on ``runner.train_query``: query n trains in ``directory/runs/qNNN``."""
+    from .runner import train_query
+
+    def run_dir(number: int) -> Path:
+        return Path(directory) / "runs" / f"q{number:03d}"
+
+    def train_run(layers, number, updates, init, _source_number):
+        return train_query(layers, data_dir, run_dir(number), updates, seed, settings, init)
+
+    return transfer_trainer(train_run, lambda n: run_dir(n) / "checkpoint_last.pt", lambda n: run_dir(n) / "transfer.pt",
+                            dictionary_size(data_dir), settings, seed)
 
 
 def dictionary_size(data_dir: Path) -> int:
