@@ -14,7 +14,7 @@ update 0 of epoch 1):
 from __future__ import annotations
 
 import argparse
-import copy
+import json
 import math
 import os
 
@@ -98,14 +98,22 @@ def extract(checkpoint: str, data: str, arch: SubArch, out: str, fmt: str = "aut
         for dim in DIMS:
             setattr(args, f"supernet_{dim}", str(getattr(arch, dim)))
         args.supernet_space, args.supernet_arch, args.supernet_tie_qkv = None, None, False
-    cfg = copy.deepcopy(state["cfg"])
-    cfg.model = args
-    written = {"cfg": cfg, "args": None, "model": model.sub_state_dict(arch), "criterion": None,
+    written = {"cfg": _plain_config(state["cfg"], args), "args": None, "model": model.sub_state_dict(arch), "criterion": None,
                "optimizer_history": [{"num_updates": 0, "lr_scheduler_state": {}}],
                "extra_state": {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0}}, "last_optimizer_state": None, "task_state": {}}
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     checkpoint_utils.torch_persistent_save(written, out)
     return fmt
+
+
+def _plain_config(cfg, model_args: argparse.Namespace) -> dict:
+    """The run's configuration with ``model_args`` as its model, in plain Python values only, so
+    that torch's ``weights_only`` loading (stock fairseq's under torch >= 2.6) accepts the file."""
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    plain["model"] = json.loads(json.dumps(vars(model_args), default=str))
+    return json.loads(json.dumps(plain, default=str))
 
 
 def _namespace(model_cfg) -> argparse.Namespace:
