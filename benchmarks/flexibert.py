@@ -189,9 +189,9 @@ def run_seed(seed: int, data_dir: Path, results_root: Path, work_root: Path, sea
     return {} if searches_only else suite.finals(searches)
 
 
-def summarise(results_root: Path, seeds: Sequence[int]) -> dict:
-    """The criteria of the protocol from the recorded searches and finals."""
-    entropy = None
+def summarise(results_root: Path, seeds: Sequence[int], entropy: float) -> dict:
+    """The criteria of the protocol from the recorded searches and finals (``entropy``: the
+    corpus' previous-token entropy in bits, the plateau check's threshold)."""
     per_seed, curves = {}, {m: [] for m in METHODS}
     for seed in seeds:
         states = {m: results_root / "searches" / f"seed{seed}" / m / "search.json" for m in METHODS}
@@ -219,7 +219,6 @@ def summarise(results_root: Path, seeds: Sequence[int]) -> dict:
                                               else mean_curve[-1] <= random_best - SURROGATE_MARGIN_BITS)}
     finals = {seed: f for seed, f in per_seed.items() if f and f.get("transfer")}
     if finals:
-        entropy = harness.corpus_entropy(str(prepare_data()))
         rows = []
         for seed, f in finals.items():
             het, hom = f["heterogeneous_final"], f.get("homogeneous_final")
@@ -248,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             finals = run_seed(seed, data_dir, args.results_root, args.work_root, args.searches_only)
             if finals:
                 harness.write_json(args.results_root / f"finals-seed{seed}.json", finals)
-    summary = summarise(args.results_root, args.seeds)
+    summary = summarise(args.results_root, args.seeds, harness.corpus_entropy(str(data_dir)))
     harness.write_json(args.results_root / "summary.json", summary)
     print(json.dumps({k: v for k, v in summary.items() if k != "search"}, indent=1))
     for method, row in summary["search"].items():

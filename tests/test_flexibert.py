@@ -279,3 +279,27 @@ def test_search_stops_after_patience_non_improving_queries(tmp_path):
     assert 5 <= len(queries) < 200
     assert min(losses[-2:]) >= min(losses[:-2])
     assert all(min(losses[k - 2:k]) < min(losses[:k - 2]) for k in range(5, len(losses)))
+
+
+def test_benchmark_criteria_on_synthetic_results(tmp_path):
+    """benchmarks/flexibert.py's scoring: B from the search states (a stopped search carried to
+    the budget), A with its plateau rule, C from the transfer ratio."""
+    from benchmarks import flexibert as driver
+
+    budget = driver.SEARCH["budget"]
+    losses = {"boshnas": [5.0, 4.9, 4.7] + [4.8] * 5, "gp-bo": [5.0] * budget, "random": [5.0, 4.95] + [4.9] * (budget - 2)}
+    for seed in (1, 2):
+        for method, items in losses.items():
+            path = tmp_path / "searches" / f"seed{seed}" / method / "search.json"
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps({"queries": [{"loss": x} for x in items]}))
+        final = {"heterogeneous_final": {"valid": 3.5, "test": 3.6}, "homogeneous_final": {"valid": 3.6, "test": 3.7},
+                 "transfer": {"ratio": 0.5 if seed == 1 else 0.8}}
+        (tmp_path / f"finals-seed{seed}.json").write_text(json.dumps(final))
+    summary = driver.summarise(tmp_path, [1, 2], entropy=3.9)
+    assert summary["search"]["boshnas"]["final_mean"] == pytest.approx(4.7)
+    assert summary["search"]["boshnas"]["pass"] is True and summary["search"]["gp-bo"]["pass"] is False
+    assert summary["search"]["boshnas"]["trained_to_reach_random_final"] == [2, 2]  # 4.9 at its 2nd
+    assert summary["search"]["gp-bo"]["trained_to_reach_random_final"] == [None, None]
+    assert summary["A"]["verdict"] == "PASS" and summary["C"]["verdict"] == "FAIL"
+    assert driver.summarise(tmp_path, [1, 2], entropy=3.55)["A"]["verdict"] == "INCONCLUSIVE (plateau)"
