@@ -25,7 +25,7 @@ from .space import Space, SubArch
 MIN_RUNS = 20
 WARMUP_RUNS = 3
 PREDICTOR_HIDDEN = 64
-PREDICTOR_STEPS = 3000
+PREDICTOR_STEPS = 1000
 
 
 @contextlib.contextmanager
