@@ -1,42 +1,12 @@
 """Does progressive growth (CompoundGrow) reach a fixed model's loss with fewer FLOPs?
 
-Pre-registered before any run (protocol, metric and pass criteria are not re-tuned after):
-
-- Target model: ``gpts_roberta_grow_tiny`` (4 layers x 128 wide, 4 heads, FFN 512, post-LN as
-  RoBERTa), rows of 128 characters (``benchmarks/corpora.py``, char tokens), batch 16, Adam
-  (0.9, 0.98), lr 2e-3, 10% warmup then linear decay to the arm's last update, weight decay
-  0.01, clip 1.0, no dropout; masking ρ = 0.15, γ = λ = 0.1 (``--task gpts_mlm``, constant).
-- Arms, all with the same training FLOPs budget B = 400 updates of the full model (counted
-  with ``gpts_fairseq.growth.flops.update_flops``, expected masked count):
-  ``fixed`` (the full model throughout); ``compound`` (layers=2, ffn=128, tokens=64 first);
-  ``depth`` (layers=2 first); ``width`` (ffn=128 first). A growth arm spends the first half
-  of B in its small stage (rounded to a multiple of the validation interval), then grows to the full model (stacking, width noise 0.01, Adam
-  state carried, LR re-warm over 20 updates) and trains until B is spent. So growth arms make
-  more updates than ``fixed`` (the same tokens per update).
-- Validation every 20 updates on the first 12 validation batches at the reference masking
-  (the same masks every time), bits per masked token. Growth happens at a multiple of 20,
-  so the loss just before and just after it is logged too.
-- 3 corpora (wikitext-2, linux, war-and-peace) x 3 seeds, one thread per run.
-- Metric per corpus and seed: the fixed arm's final validation loss is the target; for every
-  arm the training FLOPs, and the single-thread training wall-clock (fairseq's ``train_wall``
-  summed, validation excluded), at its first validation at or below the target; ``null`` if
-  it never gets there. Ratios are to the fixed arm's own FLOPs/time to the target (the same
-  seed). The load average is recorded with each run: wall-clock on a shared machine is noisy.
-- Pass (compound growth saves compute here): median over the 3 seeds of compound's FLOPs
-  ratio <= 0.8 on at least 2 of the 3 corpora. Depth-only and width-only are reported, no
-  criterion. The loss jump at each growth (reference loss just after minus just before) is
-  reported per arm.
-
-Separately, ``--operators`` measures what each growth operator preserves: on linux, seed 1,
-the target model trains 100 updates in a small stage and grows (depth 2 -> 4 layers by
-``stack`` or ``zero``; FFN 128 -> 512 by tiling with noise 0 or 0.01), with post-LN (RoBERTa)
-and pre-LN; the reference loss (first 12 validation batches) just before and just after the
-growth goes to ``operators.json``. Expected: zero-init exact with pre-LN only, tiling exact
-without noise under both.
-
-Results (through ``benchmarks.harness``; growths from the run's growth events):
-``benchmarks/results/growth/<corpus>/<arm>/seed<k>.json`` (a run whose JSON exists is skipped:
-the suite is resumable), ``benchmarks/results/growth/summary.{json,md}`` and ``growth.png``.
+Protocol and pass criterion: docs/experiments/growth.md; the pre-registered text, verbatim, is
+this module's docstring at commit 392b41a (``git show 392b41a:benchmarks/growth.py``). Every arm
+of ``ARMS`` trains ``TARGET`` under the same FLOPs budget (``plan``); the metric is the FLOPs and
+training wall time to the fixed arm's final loss (``to_target``). ``--operators`` measures each
+growth operator's loss jump under post-LN and pre-LN (``operators.json``).
+Results: ``benchmarks/results/growth/<corpus>/<arm>/seed<k>.json``, ``summary.{json,md}`` and
+``growth.png``.
 
     python -m benchmarks.growth --jobs 1                # everything (resumable)
     python -m benchmarks.growth --corpus linux --arms fixed compound --seeds 1

@@ -1,48 +1,11 @@
 """Does an informative subset (INGENIOUS) pre-train as well as the full data? Pre-registered.
 
-Protocol (written before any run; not re-tuned after):
-
-- **Model and data**: the tiny RoBERTa of ``benchmarks/pretrain.py`` (``pretrain.model_args``:
-  2 layers, 128 wide, char tokens, batches of 16 x 128, lr 2e-3 with 10 % warm-up and linear
-  decay, no dropout), one thread, on the three corpora of ``corpora.py``, each cut to its first
-  ``MAX_LINES`` lines (~2,500 blocks of 128 characters, so 45 runs fit in about an hour).
-- **Budget**: one full-data epoch of updates per corpus (blocks / 16), the same for every arm.
-- **Arms** (``ARMS``): ``full`` (plain gpts_mlm); 25 % subsets with one random warm-up epoch
-  (the authors warm-start on the full data; a 25 % epoch of the full data's random stream is
-  the same thing at this budget), then: ``random-fixed`` (one uniform subset), ``random-online``
-  (a new uniform subset every epoch), ``ingenious`` (temperature 1, the authors' default) and
-  ``ingenious-t10`` (temperature 10: flatter sampling, closer to random), both selecting once,
-  after the warm-up, for the rest of the budget (a feature pass over every block costs about a
-  third of a full-data epoch here; the authors reselect every 25K of their steps, i.e. rarely).
-  Partitions of 2,000 blocks; features: mean-pooled middle-layer states; exact lazy greedy.
-- **Seeds** 1, 2, 3 (same seed = same initial model, same validation masks).
-- **Measure**: the reference-masking validation loss (rho 0.15, fixed masks, the first 12
-  validation batches, bits) every 20 updates and at the budget. Reported per corpus and arm:
-  final loss mean ± std, and the same-seed difference to ``full`` (mean, seeds lower).
-  Selection cost (feature pass and greedy, summed over the run's selections) in seconds and in
-  update-equivalents (seconds / the run's measured seconds per update).
-- **Pass criteria** (decided now): (1) INGENIOUS matches full data: its same-seed difference
-  to ``full`` is <= +0.01 bits on average on every corpus; (2) INGENIOUS beats random: its
-  final loss is lower than ``random-online``'s on >= 7 of the 9 same-seed pairs. Either may
-  fail; the README reports the numbers as they come.
-- **Selection cost figure**: war-and-peace cut to ~20,000 blocks, partitions of 2,000:
-  the greedy (and, separately, the feature pass) against one epoch's training time (blocks /
-  16 updates at the measured seconds per update of the same run). Target: the greedy under
-  10 % of the epoch.
-- **Selection cost, second run** (written after the first timing run found the feature pass
-  at 20 % of an epoch, before this run): in one run, at the same load, the feature pass over
-  every block by the whole forward (before) and stopped at the feature layer (now), back to
-  back in one process from the same initial model (features must be bit-identical), then the
-  fairseq-train run that selects before its first update (greedy, and the feature pass as
-  training runs it) and trains 60 updates for the seconds per update. Target (issue 11):
-  selection = truncated feature pass + greedy < 10 % of one epoch. Feature batch size: the
-  truncated pass over the first 4,096 blocks at batches of 16 (training's), 64 and 256, two
-  alternating rounds; a larger batch replaces training's only if it is >= 15 % faster in CPU
-  time and gives bit-identical features. The load average is recorded before and after.
-
-Results (through ``benchmarks.harness``; selections from the run's subsets events):
-``benchmarks/results/subsets/<corpus>/<arm>/seed<k>.json`` (a finished run is skipped, so the
-suite resumes), ``timing.json``, ``summary.md`` and ``delta_vs_full.png``.
+Protocol and pass criteria: docs/experiments/subsets.md; the pre-registered text, verbatim, is
+this module's docstring at commit 392b41a (``git show 392b41a:benchmarks/subsets.py``). The arms
+(``ARMS``) train ``pretrain.model_args``' tiny RoBERTa for one full-data epoch of updates on each
+corpus cut to ``MAX_LINES``; ``run_timing`` measures the selection cost at ~20K blocks.
+Results: ``benchmarks/results/subsets/<corpus>/<arm>/seed<k>.json``, ``timing.json``,
+``summary.md`` and ``delta_vs_full.png``.
 
     python -m benchmarks.subsets --jobs 1          # all 45 runs and the timing run (resumable)
     python -m benchmarks.subsets --summary-only    # tables and the plot from the JSON
