@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from benchmarks import corpora, harness, pretrain
+from benchmarks.harness import md_table, verdict
 
 DEFAULT_RESULTS = harness.REPO_ROOT / "benchmarks" / "results" / "subsets"
 DEFAULT_WORK = harness.WORK_ROOT / "subsets"
@@ -139,7 +140,7 @@ def feature_passes(task, model) -> dict:
 def run_timing(results: Path, work: Path) -> Path:
     """Selection of a ~20K-block corpus in partitions of 2,000 against one epoch of training:
     the feature pass before (whole forward) and now (up to the feature layer) side by side, the
-    greedy, and the training, in one run (see the protocol)."""
+    greedy, and the training, in one run."""
     out = results / "timing.json"
     earlier = json.loads(out.read_text()) if out.exists() else None
     if earlier is not None and "feature_pass" in earlier:
@@ -150,8 +151,7 @@ def run_timing(results: Path, work: Path) -> Path:
     load_before = os.getloadavg()
     passes = feature_passes(*_task_and_model(spec.command(work / "timing")))
     run = harness.run(spec, work, work, finish=run_fields, out=work / "timing.json")
-    selection = run["selections"][0]
-    seconds_per_update = run["seconds_per_update"]
+    selection, seconds_per_update = run["selections"][0], run["seconds_per_update"]
     epoch_s = -(-selection["count"] // BATCH_SIZE) * seconds_per_update
     share = {name: passes[name]["wall_s"] / epoch_s for name in ("full_forward", "truncated")}
     timing = {
@@ -161,8 +161,7 @@ def run_timing(results: Path, work: Path) -> Path:
         "greedy_s": selection["greedy_s"], "greedy_share_of_epoch": selection["greedy_s"] / epoch_s,
         "selection_share_of_epoch": (passes["truncated"]["wall_s"] + selection["greedy_s"]) / epoch_s,
         "baseline_selection_share_of_epoch": (passes["full_forward"]["wall_s"] + selection["greedy_s"]) / epoch_s,
-        "seconds_per_update": seconds_per_update, "epoch_train_s": epoch_s,
-        "batch_probe": passes["batch_probe"],
+        "seconds_per_update": seconds_per_update, "epoch_train_s": epoch_s, "batch_probe": passes["batch_probe"],
         "load_average_before": list(load_before), "load_average_after": list(os.getloadavg()),
         "earlier_run": earlier,  # the first timing run (whole forward), kept as it was recorded
     }
@@ -173,23 +172,23 @@ def run_timing(results: Path, work: Path) -> Path:
 
 def timing_table(t: dict) -> list[str]:
     """Markdown rows of the selection cost against one epoch's training."""
-    epoch = t["epoch_train_s"]
-    rows = [("feature pass, whole forward (before)", t["feature_pass"]["full_forward"]["wall_s"]),
-            ("feature pass, up to the feature layer (now)", t["feature_pass"]["truncated"]["wall_s"]),
-            ("the same inside fairseq-train, before its first update", t["feature_pass"]["in_training_s"]),
+    epoch, feature = t["epoch_train_s"], t["feature_pass"]
+    rows = [("feature pass, whole forward (before)", feature["full_forward"]["wall_s"]),
+            ("feature pass, up to the feature layer (now)", feature["truncated"]["wall_s"]),
+            ("the same inside fairseq-train, before its first update", feature["in_training_s"]),
             ("greedy (lazy, exact)", t["greedy_s"]),
-            ("selection before: whole forward + greedy", t["feature_pass"]["full_forward"]["wall_s"] + t["greedy_s"]),
-            ("**selection now: truncated features + greedy**", t["feature_pass"]["truncated"]["wall_s"] + t["greedy_s"])]
-    lines = [f"{t['blocks']} blocks, partitions of {t['partition_size']}; one epoch's training {epoch:.0f} s "
-             f"({t['seconds_per_update']:.2f} s/update); load average {t['load_average_before'][0]:.1f} before, "
-             f"{t['load_average_after'][0]:.1f} after", "", "| step | seconds | share of one epoch |", "|---|---:|---:|"]
-    lines += [f"| {name} | {seconds:.1f} | {100 * seconds / epoch:.1f} % |" for name, seconds in rows]
+            ("selection before: whole forward + greedy", feature["full_forward"]["wall_s"] + t["greedy_s"]),
+            ("**selection now: truncated features + greedy**", feature["truncated"]["wall_s"] + t["greedy_s"])]
     probe = t["batch_probe"]
-    lines += ["", f"Feature batch size (truncated pass over {probe['blocks']} blocks, mean of 2 rounds; features "
-              f"{'bit-identical' if probe['identical'] else 'NOT identical'} across sizes):", "",
-              "| batch | wall s | cpu s |", "|---:|---:|---:|"]
-    lines += [f"| {size} | {v['wall_s']:.1f} | {v['cpu_s']:.1f} |" for size, v in probe["sizes"].items()]
-    return lines
+    return [f"{t['blocks']} blocks, partitions of {t['partition_size']}; one epoch's training {epoch:.0f} s "
+            f"({t['seconds_per_update']:.2f} s/update); load average {t['load_average_before'][0]:.1f} before, "
+            f"{t['load_average_after'][0]:.1f} after", "",
+            md_table(["step", "seconds", "share of one epoch"], "lrr",
+                     [[name, f"{seconds:.1f}", f"{100 * seconds / epoch:.1f} %"] for name, seconds in rows]),
+            "", f"Feature batch size (truncated pass over {probe['blocks']} blocks, mean of 2 rounds; features "
+            f"{'bit-identical' if probe['identical'] else 'NOT identical'} across sizes):", "",
+            md_table(["batch", "wall s", "cpu s"], "rrr",
+                     [[size, f"{v['wall_s']:.1f}", f"{v['cpu_s']:.1f}"] for size, v in probe["sizes"].items()])]
 
 
 def load(results: Path, corpus: str) -> dict:
@@ -205,98 +204,69 @@ def _final(run: dict) -> float:
 
 
 def corpus_rows(runs: dict) -> list[dict]:
-    full = runs.get("full", {})
-    rows = []
-    for arm in ARMS:
-        if arm not in runs:
-            continue
-        seeds = sorted(runs[arm])
-        finals = [_final(runs[arm][s]) for s in seeds]
-        deltas = [_final(runs[arm][s]) - _final(full[s]) for s in seeds if s in full]
+    full, rows = runs.get("full", {}), []
+    for arm in (a for a in ARMS if a in runs):
+        mine = runs[arm]
+        seeds = sorted(mine)
+        finals = [_final(mine[s]) for s in seeds]
+        deltas = [_final(mine[s]) - _final(full[s]) for s in seeds if s in full]
         rows.append({"arm": arm, "seeds": len(seeds), "final_mean": statistics.mean(finals),
                      "final_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
                      "delta_mean": statistics.mean(deltas) if deltas else None,
                      "delta_lower": sum(d < 0 for d in deltas), "delta_pairs": len(deltas),
-                     "selection_s": statistics.mean(runs[arm][s]["selection_s"] for s in seeds),
-                     "selection_updates": statistics.mean(runs[arm][s]["selection_update_equivalents"] for s in seeds),
-                     "budget": runs[arm][seeds[0]]["budget_updates"]})
+                     "selection_s": statistics.mean(mine[s]["selection_s"] for s in seeds),
+                     "selection_updates": statistics.mean(mine[s]["selection_update_equivalents"] for s in seeds),
+                     "budget": mine[seeds[0]]["budget_updates"]})
     return rows
 
 
 def criteria(per_corpus: dict) -> list[str]:
-    lines = []
     complete = all(len(runs.get(arm, {})) == len(SEEDS) for runs in per_corpus.values()
                    for arm in ("full", "ingenious", "random-online")) and len(per_corpus) == len(corpora.CORPORA)
-    deltas = {corpus: [row["delta_mean"] for row in corpus_rows(runs) if row["arm"] == "ingenious"]
-              for corpus, runs in per_corpus.items()}
-    worst = max((d[0] for d in deltas.values() if d and d[0] is not None), default=None)
-    verdict = "incomplete" if not complete else ("PASS" if worst <= 0.01 else "FAIL")
-    lines.append(f"- (1) INGENIOUS within +0.01 bits of full data on every corpus: **{verdict}** "
-                 f"(worst corpus mean difference {'n/a' if worst is None else f'{worst:+.4f}'} bits)")
-    wins = pairs = 0
-    for runs in per_corpus.values():
-        for seed, run in runs.get("ingenious", {}).items():
-            other = runs.get("random-online", {}).get(seed)
-            if other is not None:
-                pairs += 1
-                wins += _final(run) < _final(other)
-    verdict = "incomplete" if not complete else ("PASS" if wins >= 7 else "FAIL")
-    lines.append(f"- (2) INGENIOUS lower than random-online on >= 7 of 9 same-seed pairs: **{verdict}** "
-                 f"({wins} of {pairs})")
-    return lines
+    deltas = [row["delta_mean"] for runs in per_corpus.values() for row in corpus_rows(runs) if row["arm"] == "ingenious"]
+    worst = max((d for d in deltas if d is not None), default=None)
+    pairs = [_final(run) < _final(other) for runs in per_corpus.values()
+             for seed, run in runs.get("ingenious", {}).items()
+             if (other := runs.get("random-online", {}).get(seed)) is not None]
+    return [f"- (1) INGENIOUS within +0.01 bits of full data on every corpus: "
+            f"**{verdict(complete, worst is not None and worst <= 0.01)}** "
+            f"(worst corpus mean difference {'n/a' if worst is None else f'{worst:+.4f}'} bits)",
+            f"- (2) INGENIOUS lower than random-online on >= 7 of 9 same-seed pairs: "
+            f"**{verdict(complete, sum(pairs) >= 7)}** ({sum(pairs)} of {len(pairs)})"]
 
 
 def plot(per_corpus: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(per_corpus), figsize=(5 * len(per_corpus), 3.6), squeeze=False)
-    for ax, (corpus, runs) in zip(axes[0], per_corpus.items()):
-        full = runs.get("full", {})
-        for arm in ARMS:
-            if arm == "full" or arm not in runs:
-                continue
-            curves = []
-            for seed, run in runs[arm].items():
-                if seed in full:
-                    base = dict(full[seed]["val_curve"])
-                    curves.append({u: loss - base[u] for u, loss in run["val_curve"] if u in base})
-            updates = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
-            if updates:
-                ax.plot(updates, [statistics.mean(c[u] for c in curves) for u in updates], label=arm)
-        ax.axhline(0.0, color="grey", lw=0.8)
-        ax.set_title(corpus)
-        ax.set_xlabel("update")
-        ax.set_ylabel("valid loss − full data's (bits, same seed)")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with harness.panels(len(per_corpus), (5, 3.6), path) as (fig, axes, _):
+        for ax, (corpus, runs) in zip(axes, per_corpus.items()):
+            full = {seed: run["val_curve"] for seed, run in runs.get("full", {}).items()}
+            for arm in (a for a in ARMS if a != "full" and a in runs):
+                curve = harness.paired_mean_curve({s: r["val_curve"] for s, r in runs[arm].items()}, full,
+                                                  mean=statistics.mean, every_seed=True)
+                if curve:
+                    ax.plot([u for u, _ in curve], [d for _, d in curve], label=arm)
+            ax.axhline(0.0, color="grey", lw=0.8)
+            ax.set_title(corpus)
+            ax.set_xlabel("update")
+            ax.set_ylabel("valid loss − full data's (bits, same seed)")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
 
 
 def write_summary(results: Path) -> Path:
-    per_corpus = {c: load(results, c) for c in corpora.CORPORA}
-    per_corpus = {c: runs for c, runs in per_corpus.items() if runs}
+    per_corpus = {c: runs for c in corpora.CORPORA if (runs := load(results, c))}
     lines = ["# Informative subsets: 25 % of the blocks vs the full data, one full-data epoch of updates", "",
              "Final: reference validation loss (bits) at the budget, mean ± std over seeds. Δ full: minus "
              "`full`'s with the same seed (mean; seeds lower). Selection: feature passes + greedy over the "
-             "run, seconds and update-equivalents (seconds / the run's seconds per update).", ""]
-    lines += criteria(per_corpus) + [""]
-    table = {}
-    for corpus, runs in per_corpus.items():
-        rows = corpus_rows(runs)
-        table[corpus] = rows
-        lines += [f"## {corpus} (budget {rows[0]['budget']} updates)", "",
-                  "| arm | seeds | final | Δ full | selection (s) | selection (updates) |",
-                  "|---|---:|---:|---:|---:|---:|"]
-        for row in rows:
-            delta = "–" if row["arm"] == "full" or row["delta_mean"] is None else \
-                f"{row['delta_mean']:+.4f} ({row['delta_lower']}/{row['delta_pairs']})"
-            lines.append(f"| {row['arm']} | {row['seeds']} | {row['final_mean']:.4f} ± {row['final_std']:.4f} | "
-                         f"{delta} | {row['selection_s']:.1f} | {row['selection_updates']:.0f} |")
-        lines.append("")
+             "run, seconds and update-equivalents (seconds / the run's seconds per update).", "",
+             *criteria(per_corpus), ""]
+    table = {corpus: corpus_rows(runs) for corpus, runs in per_corpus.items()}
+    for corpus, rows in table.items():
+        lines += [f"## {corpus} (budget {rows[0]['budget']} updates)", "", md_table(
+            ["arm", "seeds", "final", "Δ full", "selection (s)", "selection (updates)"], "lrrrrr",
+            [[row["arm"], row["seeds"], f"{row['final_mean']:.4f} ± {row['final_std']:.4f}",
+              "–" if row["arm"] == "full" or row["delta_mean"] is None else
+              f"{row['delta_mean']:+.4f} ({row['delta_lower']}/{row['delta_pairs']})",
+              f"{row['selection_s']:.1f}", f"{row['selection_updates']:.0f}"] for row in rows]), ""]
     timing = results / "timing.json"
     if timing.exists() and "feature_pass" in (t := json.loads(timing.read_text())):
         lines += ["## Selection cost at 20K blocks", ""] + timing_table(t) + [""]
@@ -318,8 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip-timing", action="store_true")
     harness.add_suite_arguments(parser, DEFAULT_RESULTS, DEFAULT_WORK)
     args = parser.parse_args(argv)
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    harness.check((args.jobs >= 1, f"--jobs must be >= 1, got {args.jobs}"))
     if not args.summary_only:
         if not args.skip_timing:
             run_timing(args.results_root, args.work_root)
