@@ -1,14 +1,8 @@
 """One experiment harness for every benchmark driver: a run spec in, one result schema out.
 
-A driver describes each run as a :class:`RunSpec` and calls :func:`run_suite` (or :func:`run`
-for one run); it keeps only its arms, its protocol and its scoring.
-
-    spec = RunSpec(corpus="linux", data_dir=corpora.prepare("linux", tokenizer="char"),
-                   arm="constant-0.30", seed=1, budget_updates=2000,
-                   model=(...tiny RoBERTa and optimiser options...),   # shared by every arm
-                   fairseq=(...validation and task options...),        # shared by every arm
-                   arm_args=("--mask-prob", "0.3"))                    # this arm only
-    results = run_suite([spec, ...], results_root, work_root, jobs=2, finish=my_fields)
+A driver describes each run as a :class:`RunSpec` (``model`` and ``fairseq`` options shared by
+every arm, ``arm_args`` this arm's) and calls :func:`run_suite` (or :func:`run` for one run);
+it keeps only its arms, its protocol and its scoring.
 
 What it guarantees:
 
@@ -66,6 +60,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
+from itertools import accumulate
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -124,10 +119,8 @@ class RunSpec:
     report_info: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
-        if self.budget_updates < 1:
-            raise ValueError(f"budget_updates must be >= 1, got {self.budget_updates}")
-        if self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        check((self.budget_updates >= 1, f"budget_updates must be >= 1, got {self.budget_updates}"),
+              (self.threads >= 1, f"threads must be >= 1, got {self.threads}"))
 
     def fingerprint(self) -> str:
         """The settings apart from arm options, seed and threads (see the module docstring)."""
@@ -225,10 +218,7 @@ def read_log(path: Path) -> LogReading:
                 update_s.append(float(stats[wpb]) / float(stats[wps]))
         if float(stats.get("valid_wps", 0)) > 0 and "valid_wpb" in stats:
             forward_s.append(float(stats["valid_wpb"]) / float(stats["valid_wps"]))
-    cumulative, total = [], 0.0
-    for update in sorted(walls):
-        total += walls[update]
-        cumulative.append((update, total))
+    cumulative = list(zip(sorted(walls), accumulate(walls[u] for u in sorted(walls))))
     update = statistics.median(update_s) if update_s else None
     forward = statistics.median(forward_s) / update if forward_s and update else FORWARD_COST
     curve = sorted((u, x) for u, x in valid.items() if math.isfinite(x))
