@@ -2,6 +2,7 @@
 #
 #   make demo    set up, then a short GP-TS pre-training of a tiny RoBERTa (no download) + report
 #   make test    set up, then the test suite
+#   make gpu-check   on a CUDA machine (no set-up, no network): the GPU check (benchmarks/gpu_check.py)
 #
 # Set-up goes into the active virtual environment, or into .venv/ here when none is active.
 # It is idempotent: a second `make install` changes nothing.
@@ -53,6 +54,15 @@ bench: install
 	$(PY) benchmarks/bandit_overhead.py
 	$(PY) benchmarks/nonstationary.py
 	$(PY) benchmarks/train_speed.py
+
+# The one GPU check (at most 8 minutes on one GPU): builds the op for the GPU present, CUDA tests,
+# CPU/GPU mask equality, op vs HF-style timing, a 200-update GP-TS fairseq-train; writes
+# benchmarks/results/gpu_check.json. Without a GPU it says so, marks those steps skipped and runs
+# the CPU smoke steps. No `install` prerequisite: it uses the Python that has torch and fairseq.
+.PHONY: gpu-check
+GPU_CHECK_PY := $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(GPU_CHECK_PY) -m benchmarks.gpu_check
 
 clean:
 	rm -rf build *.egg-info gpts_fairseq/_C*.so demo

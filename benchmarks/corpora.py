@@ -151,7 +151,7 @@ def binarize(train: Sequence[str], valid: Sequence[str], dest: Path, vocab_size:
     (dest / "train.tok").write_text("\n".join(train) + "\n", encoding="utf-8")
     (dest / "valid.tok").write_text("\n".join(valid) + "\n", encoding="utf-8")
     cmd = [
-        _fairseq_tool("fairseq-preprocess"), "--only-source",
+        fairseq_tool("fairseq-preprocess"), "--only-source",
         "--trainpref", str(dest / "train.tok"), "--validpref", str(dest / "valid.tok"),
         "--destdir", str(dest), "--nwordssrc", str(vocab_size),
         "--dataset-impl", "mmap", "--workers", "1",
@@ -161,19 +161,7 @@ def binarize(train: Sequence[str], valid: Sequence[str], dest: Path, vocab_size:
         raise RuntimeError(f"fairseq-preprocess failed for {dest}:\n{result.stderr[-3000:]}")
 
 
-def portable_args(args: Sequence[str], data_dir: Path, save_dir: Path) -> list[str]:
-    """The command line as recorded in a result: no machine-specific paths (data, save and
-    user dirs become placeholders, the console script its name)."""
-    places = {str(save_dir): "<save>", str(data_dir): "<data>", str(REPO_ROOT / "gpts_fairseq"): "<user-dir>"}
-    out = []
-    for arg in args:
-        for path, name in places.items():
-            arg = arg.replace(path, name)
-        out.append(Path(arg).name if arg.endswith("fairseq-train") else arg)
-    return out
-
-
-def _fairseq_tool(name: str) -> str:
+def fairseq_tool(name: str) -> str:
     """The fairseq console script next to this interpreter (the venv), else from PATH."""
     local = Path(sys.executable).parent / name
     return str(local) if local.exists() else name

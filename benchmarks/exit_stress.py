@@ -17,8 +17,8 @@ Protocol (fixed before the runs):
   still alive at exit and what each was doing;
 - pass: every gpts_mlm run exits 0 (30 runs: 30 x 0).
 
-    python benchmarks/exit_stress.py --runs 30 --jobs 2                 # table; results/exit_stress.json
-    python benchmarks/exit_stress.py --runs 60 --variants masked_lm --out /tmp/control.json
+    python -m benchmarks.exit_stress --runs 30 --jobs 2                 # table; results/exit_stress.json
+    python -m benchmarks.exit_stress --runs 60 --variants masked_lm --out /tmp/control.json
 """
 
 from __future__ import annotations
@@ -38,9 +38,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import corpora  # noqa: E402
+from benchmarks import corpora
 
 RESULTS = Path(__file__).resolve().parent / "results" / "exit_stress.json"
 CORPUS = "war-and-peace"
@@ -92,7 +90,8 @@ def run_one(index: int, variant: str, data_dir: Path, updates: int, work: Path) 
             "--save-dir", str(work / f"run{index}")]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.exit_stress", "--child", *args], capture_output=True,
+                          text=True, env=env, cwd=Path(__file__).resolve().parent.parent)
     output = proc.stdout + proc.stderr
     probes = [line[len(EXIT_PROBE):] for line in output.splitlines() if line.startswith(EXIT_PROBE)]
     print(f"run {index} ({variant}): exit {proc.returncode}", flush=True)

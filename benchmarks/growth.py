@@ -34,47 +34,35 @@ and pre-LN; the reference loss (first 12 validation batches) just before and jus
 growth goes to ``operators.json``. Expected: zero-init exact with pre-LN only, tiling exact
 without noise under both.
 
-Results: ``benchmarks/results/growth/<corpus>/<arm>/seed<k>.json`` (a run whose JSON exists is
-skipped: the suite is resumable), ``benchmarks/results/growth/summary.{json,md}`` and
-``growth.png``.
+Results (through ``benchmarks.harness``; growths from the run's growth events):
+``benchmarks/results/growth/<corpus>/<arm>/seed<k>.json`` (a run whose JSON exists is skipped:
+the suite is resumable), ``benchmarks/results/growth/summary.{json,md}`` and ``growth.png``.
 
-    python benchmarks/growth.py --jobs 1                # everything (resumable)
-    python benchmarks/growth.py --corpus linux --arms fixed compound --seeds 1
-    python benchmarks/growth.py --summary-only
+    python -m benchmarks.growth --jobs 1                # everything (resumable)
+    python -m benchmarks.growth --corpus linux --arms fixed compound --seeds 1
+    python -m benchmarks.growth --summary-only
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
-import shutil
 import statistics
-import subprocess
-import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import corpora, harness
+from gpts_fairseq.growth.flops import update_flops
+from gpts_fairseq.growth.stages import parse_stages
 
-import corpora  # noqa: E402
-
-from gpts_fairseq.growth.flops import update_flops  # noqa: E402
-from gpts_fairseq.growth.stages import parse_stages  # noqa: E402
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_RESULTS = REPO_ROOT / "benchmarks" / "results" / "growth"
-DEFAULT_WORK = Path(os.environ.get("GPTS_WORK_ROOT", Path.home() / ".cache" / "gpts-fairseq" / "runs")) / "growth"
+DEFAULT_RESULTS = harness.REPO_ROOT / "benchmarks" / "results" / "growth"
+DEFAULT_WORK = harness.WORK_ROOT / "growth"
 TARGET = dict(layers=4, embed_dim=128, ffn=512, heads=4, tokens=128)
 MASK_PROB = 0.15
 # the small stage of each arm (None: the full model from the start)
 ARMS = {"fixed": None, "compound": "layers=2,ffn=128,tokens=64", "depth": "layers=2", "width": "ffn=128"}
-_GROWTH_LOG = re.compile(r"grow: update (\d+):.*reference loss ([\d.]+) -> ([\d.]+)")
+GROWTH_EVENT = "growth"  # gpts_fairseq.growth's event of one growth
 
 
 @dataclass(frozen=True)
@@ -140,11 +128,12 @@ def flops_at(schedule: dict, update: int) -> float:
     return total
 
 
-def run_args(data_dir: Path, save_dir: Path, schedule: dict, seed: int, settings: Settings) -> list[str]:
+def run_spec(corpus: str, data_dir: Path, arm: str, seed: int, settings: Settings, schedule: dict,
+             extra: Sequence[str] = ()) -> harness.RunSpec:
+    """One run, for the harness: the target model, its growth schedule and ``extra`` options."""
     updates = schedule["updates"]
-    return [
-        corpora._fairseq_tool("fairseq-train"), str(data_dir), "--task", "gpts_mlm", "--criterion", "gpts_masked_lm",
-        "--arch", "gpts_roberta_grow_tiny", "--grow-stages", schedule["stages"], "--grow-depth", settings.depth,
+    model = (
+        "--arch", "gpts_roberta_grow_tiny", "--grow-depth", settings.depth,
         "--grow-width-noise", str(settings.width_noise), "--grow-optimizer", settings.optimizer,
         "--grow-rewarm-updates", str(settings.rewarm_updates),
         "--dropout", "0", "--attention-dropout", "0", "--max-positions", str(TARGET["tokens"]),
@@ -152,79 +141,32 @@ def run_args(data_dir: Path, save_dir: Path, schedule: dict, seed: int, settings
         "--batch-size", str(settings.batch_size), "--required-batch-size-multiple", "1",
         "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--adam-eps", "1e-6", "--weight-decay", "0.01",
         "--clip-norm", "1.0", "--lr", str(settings.lr), "--lr-scheduler", "polynomial_decay",
-        "--warmup-updates", str(updates // 10), "--total-num-update", str(updates), "--max-update", str(updates),
-        "--mask-prob", str(MASK_PROB), "--gpts-reward-batches", str(settings.eval_batches),
-        "--max-valid-steps", str(settings.eval_batches - 1),
-        "--validate-interval-updates", str(settings.valid_every), "--validate-interval", "1000000",
-        "--seed", str(seed), "--cpu", "--num-workers", "0", "--no-save", "--save-dir", str(save_dir),
-        "--log-format", "json", "--log-interval", str(settings.valid_every), "--log-file", str(save_dir / "train.log"),
-    ]
+        "--warmup-updates", str(updates // 10), "--total-num-update", str(updates), "--mask-prob", str(MASK_PROB))
+    validation = ("--gpts-reward-batches", str(settings.eval_batches), "--max-valid-steps", str(settings.eval_batches - 1),
+                  "--validate-interval-updates", str(settings.valid_every), "--validate-interval", "1000000",
+                  "--log-interval", str(settings.valid_every))
+    return harness.RunSpec(corpus=corpus, data_dir=data_dir, arm=arm, seed=seed, budget_updates=updates, model=model,
+                           fairseq=validation, arm_args=("--grow-stages", schedule["stages"], *extra))
 
 
-def parse_log(text: str) -> dict:
-    """Validation curve, summed training wall time at each validated update, growth events."""
-    valid, walls = {}, {}
-    for line in text.splitlines():
-        start = line.find("{")
-        if start < 0:
-            continue
-        try:
-            record = json.loads(line[start:])
-        except json.JSONDecodeError:
-            continue
-        if "valid_loss" in record and "valid_num_updates" in record:
-            valid[int(record["valid_num_updates"])] = float(record["valid_loss"])
-        elif "train_inner" in line and "train_wall" in record:
-            walls[int(record["num_updates"])] = float(record["train_wall"])
-    cumulative, total = {}, 0.0
-    for update in sorted(walls):
-        total += walls[update]
-        cumulative[update] = total
-    growths = [{"update": int(u), "loss_before": float(b), "loss_after": float(a)}
-               for u, b, a in _GROWTH_LOG.findall(text)]
-    return {"val_curve": sorted(valid.items()), "train_wall": cumulative, "growths": growths}
+def growths(result: dict) -> list[dict]:
+    """The run's growths and the reference loss just before and after each, from its events
+    (those the measuring rank wrote)."""
+    return [{"update": e["update"], "loss_before": e["loss_before"], "loss_after": e["loss_after"]}
+            for e in result["events"].get("growth", []) if e["event"] == GROWTH_EVENT and e["loss_before"] is not None]
 
 
-def result_path(results_root: Path, corpus: str, arm: str, seed: int) -> Path:
-    return Path(results_root) / corpus / arm / f"seed{seed}.json"
-
-
-def run_one(corpus: str, data_dir: Path, arm: str, seed: int, settings: Settings, work_root: Path,
-            results_root: Path) -> Path:
-    out = result_path(results_root, corpus, arm, seed)
-    if out.exists():
-        if json.loads(out.read_text()).get("settings") != asdict(settings):
-            raise ValueError(f"{out} was run with other settings: delete it or choose another --results-root")
-        return out
-    save_dir = Path(work_root) / corpus / arm / f"seed{seed}"
-    shutil.rmtree(save_dir, ignore_errors=True)  # an interrupted attempt starts over
-    save_dir.mkdir(parents=True)
-    schedule = plan(arm, settings, vocab_size(data_dir))
-    cmd = run_args(data_dir, save_dir, schedule, seed, settings)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    load_before, start = os.getloadavg(), time.perf_counter()
-    with open(save_dir / "stdout.log", "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=save_dir)
-    wall = time.perf_counter() - start
-    output = (save_dir / "stdout.log").read_text(errors="replace")
-    # fairseq-train may abort at interpreter exit after it finished (exit -6): such a run is complete
-    if proc.returncode != 0 and "done training in" not in output:
-        raise RuntimeError(f"fairseq-train failed ({corpus} {arm} seed {seed}), see {save_dir}/stdout.log:\n"
-                           f"{output[-3000:]}")
-    parsed = parse_log(output)
-    if not parsed["val_curve"] or parsed["val_curve"][-1][0] != schedule["updates"]:
-        raise RuntimeError(f"{save_dir}: no validation at update {schedule['updates']}")
-    curve = [{"update": u, "loss": loss, "flops": flops_at(schedule, u),
-              "train_wall_s": parsed["train_wall"].get(u)} for u, loss in parsed["val_curve"]]
-    result = {"corpus": corpus, "arm": arm, "seed": seed, "schedule": schedule, "curve": curve,
-              "growths": parsed["growths"], "final_loss": curve[-1]["loss"], "wall_time_s": wall,
-              "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "exit_code": proc.returncode,
-              "settings": asdict(settings), "fairseq_args": corpora.portable_args(cmd[1:], data_dir, save_dir)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(out)
-    return out
+def run_fields(settings: Settings, vocabs: dict[str, int]):
+    """The harness' ``finish``: the schedule, FLOPs and training wall time at each validation,
+    and the growths (``vocabs``: each corpus' vocabulary size)."""
+    def finish(save_dir: Path, result: dict) -> dict:
+        schedule = plan(result["arm"], settings, vocabs[result["corpus"]])
+        walls = dict((int(u), s) for u, s in result["train_wall_curve"])
+        curve = [{"update": u, "loss": loss, "flops": flops_at(schedule, u), "train_wall_s": walls.get(u)}
+                 for u, loss in result["val_curve"]]
+        return {"schedule": schedule, "curve": curve, "growths": growths(result), "final_loss": curve[-1]["loss"],
+                "settings": asdict(settings)}
+    return finish
 
 
 def to_target(result: dict, target: float) -> dict:
@@ -244,8 +186,7 @@ def summarise(results_root: Path) -> dict:
     """Per corpus and arm: final losses, FLOPs/wall ratios to the target (same seed), jumps."""
     summary = {}
     for corpus in corpora.CORPORA:
-        runs = {(r["arm"], r["seed"]): r for r in (json.loads(p.read_text())
-                for p in sorted((Path(results_root) / corpus).glob("*/seed*.json")))}
+        runs = {(r["arm"], r["seed"]): r for r in harness.load_results(results_root, corpus)}
         if not runs:
             continue
         arms = {}
@@ -354,23 +295,15 @@ def measure_operators(data_dir: Path, settings: Settings, work_root: Path, resul
     rows = []
     for norm, norm_args in NORMS.items():
         for name, (small, options) in OPERATOR_CASES.items():
-            save_dir = Path(work_root) / "operators" / f"{norm}-{name.replace(' ', '').replace(',', '-')}"
-            shutil.rmtree(save_dir, ignore_errors=True)
-            save_dir.mkdir(parents=True)
+            arm = f"{norm}-{name.replace(' ', '').replace(',', '-')}"
             schedule = {"stages": f"0:{small};100:layers=4,ffn=512,tokens=128", "updates": 101}
-            cmd = run_args(data_dir, save_dir, schedule, 1, settings)
-            cmd[cmd.index("--validate-interval-updates") + 1] = "100"
-            cmd += [*options, *norm_args]
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=save_dir,
-                                  env=dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"))
-            [growth] = parse_log(proc.stdout + proc.stderr)["growths"]
+            spec = run_spec("linux", data_dir, arm, 1, settings, schedule,
+                            extra=("--validate-interval-updates", "100", *options, *norm_args))
+            [growth] = growths(harness.run(spec, work_root, work_root, out=Path(work_root) / "operators" / f"{arm}.json"))
             rows.append({"norm": norm, "operator": name, **growth, "jump": growth["loss_after"] - growth["loss_before"]})
             print(f"{norm:8s} {name:18s} {growth['loss_before']:.6f} -> {growth['loss_after']:.6f} "
                   f"({rows[-1]['jump']:+.6f})", flush=True)
-    out = Path(results_root) / "operators.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"settings": asdict(settings), "rows": rows}, indent=1) + "\n")
-    return out
+    return harness.write_json(Path(results_root) / "operators.json", {"settings": asdict(settings), "rows": rows})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -382,13 +315,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="FLOPs budget, in updates of the full model")
     parser.add_argument("--small-share", type=float, default=Settings.small_share)
     parser.add_argument("--valid-every", type=int, default=Settings.valid_every)
-    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (each single-threaded)")
     parser.add_argument("--data-root", type=Path, default=corpora.DEFAULT_DATA_ROOT)
-    parser.add_argument("--work-root", type=Path, default=DEFAULT_WORK, help="fairseq save dirs (outside the repo)")
-    parser.add_argument("--results-root", type=Path, default=DEFAULT_RESULTS)
     parser.add_argument("--max-lines", type=int, default=None, help="first N lines per split only (smoke tests)")
-    parser.add_argument("--summary-only", action="store_true")
     parser.add_argument("--operators", action="store_true", help="only measure the loss jump of each operator")
+    harness.add_suite_arguments(parser, DEFAULT_RESULTS, DEFAULT_WORK)
     args = parser.parse_args(argv)
     settings = Settings(budget_updates=args.budget_updates, small_share=args.small_share, valid_every=args.valid_every)
     settings.validate()
@@ -400,20 +330,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not args.summary_only:
         data = {c: corpora.prepare(c, args.data_root, max_lines=args.max_lines, tokenizer="char") for c in args.corpus}
+        vocabs = {c: vocab_size(d) for c, d in data.items()}
         # seed-major order: an interrupted suite has whole seeds across corpora and arms
-        jobs = [(c, a, s) for s in args.seeds for c in args.corpus for a in args.arms]
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            futures = [pool.submit(run_one, c, data[c], a, s, settings, args.work_root, args.results_root)
-                       for c, a, s in jobs]
-            for (c, a, s), future in zip(jobs, futures):
-                result = json.loads(future.result().read_text())
-                print(f"{c:14s} {a:9s} seed {s}: final {result['final_loss']:.3f} bits, "
-                      f"{result['wall_time_s']:.0f} s, load {result['loadavg_before'][0]:.1f}", flush=True)
-                write_summary(args.results_root)
+        specs = [run_spec(c, data[c], a, s, settings, plan(a, settings, vocabs[c]))
+                 for s in args.seeds for c in args.corpus for a in args.arms]
+        harness.run_suite(specs, args.results_root, args.work_root, jobs=args.jobs, finish=run_fields(settings, vocabs))
     summary = write_summary(args.results_root)
     print((Path(args.results_root) / "summary.md").read_text())
     return 0 if summary else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

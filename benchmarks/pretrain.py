@@ -45,12 +45,13 @@ under ``benchmarks/results/pretrain/`` as its record):
    Each prints PASS/FAIL with its numbers, or "incomplete" while pairs are missing.
 
 Any corpus: ``--text FILE`` (split by ``corpora.split_text``) or ``--text TRAIN VALID`` with
-``--text-name NAME`` runs the same protocol on a user's own text.
+``--text-name NAME`` runs the same protocol on a user's own text (only on it, unless
+``--corpus`` names shared corpora too). Runs go through ``benchmarks.harness``.
 
-    python benchmarks/pretrain.py --pilot-only                # the three pilots (~10-20 min each here)
-    nohup python benchmarks/pretrain.py --jobs 1 &            # pilots if missing, then the suite (resumable)
-    python benchmarks/pretrain.py --text my.txt --text-name mine --seeds 1
-    python benchmarks/pretrain.py --summary-only              # criteria, tables and plots from the JSON
+    python -m benchmarks.pretrain --pilot-only                # the three pilots (~10-20 min each here)
+    nohup python -m benchmarks.pretrain --jobs 1 &            # pilots if missing, then the suite (resumable)
+    python -m benchmarks.pretrain --text my.txt --text-name mine --seeds 1
+    python -m benchmarks.pretrain --summary-only              # criteria, tables and plots from the JSON
 """
 
 from __future__ import annotations
@@ -58,27 +59,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shutil
 import statistics
-import subprocess
-import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import corpora  # noqa: E402
-
-from gpts_fairseq.report.cli import write_report  # noqa: E402
-from gpts_fairseq.report.history import RunInfo, iter_log_records, load_run, read_valid_curve, run_from_result  # noqa: E402
-from gpts_fairseq.report.summary import (  # noqa: E402
+from benchmarks import corpora, harness
+from gpts_fairseq.report.cli import write_report
+from gpts_fairseq.report.history import load_run, run_from_result
+from gpts_fairseq.report.summary import (
     final_loss,
     format_loss,
     label_table,
@@ -87,9 +79,8 @@ from gpts_fairseq.report.summary import (  # noqa: E402
     reference_target,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_RESULTS = REPO_ROOT / "benchmarks" / "results" / "pretrain-prereg"
-DEFAULT_WORK = Path(os.environ.get("GPTS_WORK_ROOT", Path.home() / ".cache" / "gpts-fairseq" / "runs" / "pretrain-prereg"))
+DEFAULT_RESULTS = harness.REPO_ROOT / "benchmarks" / "results" / "pretrain-prereg"
+DEFAULT_WORK = harness.WORK_ROOT / "pretrain-prereg"
 REFERENCE = (0.15, 0.1, 0.1)
 REFERENCE_POLICY = "constant-0.15"
 SCORED_POLICY = "gp-ts-trend"
@@ -109,7 +100,6 @@ SYMLOG_LINEAR_BITS = 0.02  # delta_vs_constant.png: linear within this many bits
 # fit r = +0.011 rho_k - 0.008 rho_{k-1} per 20-update interaction
 ARM_EFFECT_PER_UPDATE = (0.011 - 0.008) / 20
 ARM_GAP = 0.15
-FORWARD_COST = 1 / 3  # a forward pass over a batch, in training updates, where it cannot be measured
 TREND_WINDOW = 200  # updates either side of a validation for its local trend (reward_noise)
 GP_DECISION_S = 0.014  # median GP-TS decision of the earlier protocol's gp-ts-rho runs (153 decisions)
 
@@ -217,18 +207,13 @@ def model_args(settings: Settings) -> list[str]:
         "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--adam-eps", "1e-6",
         "--weight-decay", "0.01", "--clip-norm", "1.0",
         "--lr", str(settings.lr), "--lr-scheduler", "polynomial_decay",
-        "--warmup-updates", str(budget // 10), "--total-num-update", str(budget), "--max-update", str(budget),
+        "--warmup-updates", str(budget // 10), "--total-num-update", str(budget),
     ]
 
 
-def run_args(data_dir: Path, save_dir: Path, policy: Policy, seed: int, settings: Settings) -> list[str]:
-    """The full fairseq-train command line of one run."""
+def validation_args(settings: Settings) -> list[str]:
+    """Reference-masking validation on the reward's first K batches, every interaction."""
     return [
-        corpora._fairseq_tool("fairseq-train"), str(data_dir),
-        "--user-dir", str(REPO_ROOT / "gpts_fairseq"),
-        "--task", "gpts_mlm", "--criterion", "gpts_masked_lm",
-        *model_args(settings),
-        *policy.fairseq_args(),
         "--gpts-valid-masking", "reference", "--gpts-ref-mask-prob", "0.15",
         "--gpts-ref-leave-unmasked-prob", "0.1", "--gpts-ref-random-token-prob", "0.1",
         "--gpts-interaction-updates", str(settings.interaction_updates),
@@ -236,128 +221,46 @@ def run_args(data_dir: Path, save_dir: Path, policy: Policy, seed: int, settings
         # the same first K validation batches as the reward (fairseq evaluates steps 0..N)
         *(["--max-valid-steps", str(settings.eval_batches - 1)] if settings.eval_batches else []),
         "--validate-interval-updates", str(settings.validate_updates or settings.interaction_updates),
-        "--validate-interval", "1000000",
-        "--seed", str(seed), "--cpu", "--num-workers", "0", "--no-save",
-        "--save-dir", str(save_dir), "--log-format", "json", "--log-interval", "50",
-        "--log-file", str(save_dir / "train.log"),
+        "--validate-interval", "1000000", "--log-interval", "50",
     ]
 
 
+def run_spec(corpus: str, data_dir: Path, policy: Policy, seed: int, settings: Settings) -> harness.RunSpec:
+    """One run of the comparison, for the harness."""
+    return harness.RunSpec(
+        corpus=corpus, data_dir=data_dir, arm=policy.name, seed=seed, budget_updates=settings.budget_updates,
+        model=tuple(model_args(settings)), fairseq=tuple(validation_args(settings)),
+        arm_args=tuple(policy.fairseq_args()), tokenizer=settings.tokenizer, threads=settings.threads,
+        report_info={"policy": policy.gpts_policy, "arms": policy.arms,
+                     "psi": dict(zip(("mask_prob", "leave_unmasked_prob", "random_token_prob"), policy.psi))})
+
+
 def result_path(results_root: Path, corpus: str, policy: str, seed: int) -> Path:
-    return Path(results_root) / corpus / policy / f"seed{seed}.json"
+    return harness.result_path(results_root, corpus, policy, seed)
 
 
-def _check_settings(out: Path, done: dict, settings: Settings) -> None:
-    """Refuse a finished result run with other settings than asked for (threads aside)."""
-    if done.get("budget_updates") != settings.budget_updates:
-        raise ValueError(
-            f"{out} was run with budget {done.get('budget_updates')} updates, not --budget-updates="
-            f"{settings.budget_updates}: delete it or choose another --results-root"
-        )
-    ran = {k: v for k, v in done.get("settings", {}).items() if k != "threads"}
-    differ = sorted(k for k, v in ran.items() if getattr(settings, k, None) != v)
-    if differ:
-        raise ValueError(f"{out} was run with other settings ({', '.join(f'{k}={ran[k]}' for k in differ)}): "
-                         f"delete it or choose another --results-root")
-
-
-def _train(cmd: list[str], save_dir: Path, settings: Settings,
-           stop: Callable[[list[tuple[int, float]]], bool] | None = None) -> tuple[int, float, str]:
-    """Run fairseq-train; with ``stop``, end it early once ``stop(validation curve)`` holds.
-    Returns (exit code, wall seconds, captured output)."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(settings.threads), MKL_NUM_THREADS=str(settings.threads))
-    start = time.perf_counter()
-    with open(save_dir / "stdout.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=save_dir)
-        while proc.poll() is None:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                if stop is not None and (save_dir / "train.log").is_file() and stop(read_valid_curve(save_dir / "train.log")):
-                    proc.terminate()
-                    proc.wait()
-    return proc.returncode, time.perf_counter() - start, (save_dir / "stdout.log").read_text(errors="replace")
-
-
-def _fresh_save_dir(save_dir: Path) -> Path:
-    if save_dir.exists():  # an interrupted attempt: start over
-        shutil.rmtree(save_dir)
-    save_dir.mkdir(parents=True)
-    return save_dir
-
-
-def _write_json(out: Path, data: dict) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(out)
-    return out
-
-
-def _start_run(corpus: str, data_dir: Path, policy: Policy, seed: int, settings: Settings, save_dir: Path):
-    cmd = run_args(data_dir, _fresh_save_dir(save_dir), policy, seed, settings)
-    RunInfo(label=policy.name, policy=policy.gpts_policy, seed=seed, corpus=corpus,
-            budget_updates=settings.budget_updates,
-            psi=dict(zip(("mask_prob", "leave_unmasked_prob", "random_token_prob"), policy.psi)),
-            arms=policy.arms, fairseq_args=corpora.portable_args(cmd[1:], data_dir, save_dir)).write(save_dir)
-    return cmd
-
-
-def _finished(proc_code: int, output: str) -> bool:
-    # fairseq-train sometimes aborts at interpreter exit, after training, logging and the last
-    # validation are done ("terminate called without an active exception", exit -6): such a
-    # run is complete; its exit code is kept in the result
-    return proc_code == 0 or "fairseq_cli.train | done training in" in output
-
-
-def run_one(corpus: str, data_dir: Path, policy: Policy, seed: int, settings: Settings,
-            work_root: Path, results_root: Path) -> Path:
-    """Train one run (unless its result exists) and write its result JSON."""
-    out = result_path(results_root, corpus, policy.name, seed)
-    if out.exists():
-        _check_settings(out, json.loads(out.read_text()), settings)
-        return out
-    save_dir = Path(work_root) / corpus / policy.name / f"seed{seed}"
-    cmd = _start_run(corpus, data_dir, policy, seed, settings, save_dir)
-    code, wall, output = _train(cmd, save_dir, settings)
-    if not _finished(code, output):
-        raise RuntimeError(f"fairseq-train failed ({corpus} {policy.name} seed {seed}), see {save_dir}/stdout.log:\n"
-                           f"{output[-3000:]}")
-    run = load_run(save_dir)
-    run.wall_time_s = wall
-    if not run.val_curve or run.val_curve[-1][0] != settings.budget_updates:
-        raise RuntimeError(f"{save_dir}: no validation at update {settings.budget_updates} in train.log")
-    result = run.to_result()
-    result.update(settings=asdict(settings), exit_code=code,
-                  compute=compute_accounting(save_dir / "train.log", run.interactions, settings, policy))
-    return _write_json(out, result)
+def suite_fields(settings: dict[str, Settings]):
+    """The harness' ``finish`` of a suite run: the gpts-report result (interactions, ψ
+    sequence), the settings of its corpus and its compute accounting."""
+    def finish(save_dir: Path, result: dict) -> dict:
+        run = load_run(save_dir)
+        run.wall_time_s = result["wall_time_s"]
+        mine = settings[result["corpus"]]
+        compute = compute_accounting(result["compute"], run.interactions, mine, POLICIES[result["arm"]])
+        return {**run.to_result(), "settings": asdict(mine), "compute": compute}
+    return finish
 
 
 # -- compute accounting ----------------------------------------------------------------------
 
 
-def measured_costs(log: Path) -> tuple[float, float]:
-    """(seconds per training update, forward pass over one batch in updates) from fairseq's
-    throughput lines (medians: train ``wps``/``wpb``, valid ``valid_wps``/``valid_wpb``).
-    A run too short for fairseq to time its validation (``valid_wps`` 0) gets the usual
-    estimate, ``FORWARD_COST``."""
-    update_s, forward_s = [], []
-    for stats in iter_log_records(log):
-        for wps, wpb in (("wps", "wpb"), ("train_wps", "train_wpb")):  # per log interval / per epoch
-            if wps in stats and wpb in stats and float(stats[wps]) > 0:
-                update_s.append(float(stats[wpb]) / float(stats[wps]))
-        if "valid_wps" in stats and "valid_wpb" in stats and float(stats["valid_wps"]) > 0:
-            forward_s.append(float(stats["valid_wpb"]) / float(stats["valid_wps"]))
-    if not update_s:
-        raise ValueError(f"{log}: no train throughput lines to measure the update time from")
-    update = statistics.median(update_s)
-    return update, statistics.median(forward_s) / update if forward_s else FORWARD_COST
-
-
-def compute_accounting(log: Path, interactions, settings: Settings, policy: Policy) -> dict:
+def compute_accounting(costs: dict, interactions, settings: Settings, policy: Policy) -> dict:
     """Update-equivalents of one run: updates, plus (for policies that use rewards) every
-    reward pass at the measured forward cost and every decision at the measured update time."""
-    update_s, forward_cost = measured_costs(log)
+    reward pass at the measured forward cost and every decision at the measured update time.
+    ``costs``: the harness' measured ``update_s`` and ``forward_cost_updates``."""
+    update_s, forward_cost = costs["update_s"], costs["forward_cost_updates"]
+    if not update_s:
+        raise ValueError("compute_accounting: no train throughput lines to measure the update time from")
     # the task measures the reference loss before update 0 and at every interaction boundary
     # inside the budget (for every policy; a constant one writes no history of them)
     passes = 1 + (settings.budget_updates - 1) // settings.interaction_updates
@@ -414,40 +317,24 @@ def pilot_path(results_root: Path, corpus: str) -> Path:
 
 def run_pilot(corpus: str, data_dir: Path, base: Settings, work_root: Path, results_root: Path) -> dict:
     """The pilot of one corpus (unless recorded): constant-0.15, seed 0, until U is validated."""
-    out = pilot_path(results_root, corpus)
     settings = pilot_settings(base)
-    if out.exists():
-        done = json.loads(out.read_text())
-        _check_settings(out, done, settings)
-        return done
-    entropy = corpora.prepared_entropy(data_dir)
-    policy = POLICIES[REFERENCE_POLICY]
-    save_dir = Path(work_root) / "pilot" / corpus
+    entropy = harness.corpus_entropy(str(data_dir))
 
     def reached_budget(curve):
         u_star = crossing_update(curve, entropy)
         return u_star is not None and curve[-1][0] >= budget_from_crossing(u_star)
 
-    cmd = _start_run(corpus, data_dir, policy, PILOT_SEED, settings, save_dir)
-    code, wall, output = _train(cmd, save_dir, settings, stop=reached_budget)
-    if not (_finished(code, output) or reached_budget(read_valid_curve(save_dir / "train.log"))):
-        raise RuntimeError(f"pilot failed ({corpus}), see {save_dir}/stdout.log:\n{output[-3000:]}")
-    return json.loads(_write_json(out, pilot_record(corpus, save_dir, entropy, settings, wall, code)).read_text())
+    def pilot_fields(save_dir: Path, result: dict) -> dict:
+        curve = result["val_curve"]
+        u_star = crossing_update(curve, entropy)
+        return {"policy": REFERENCE_POLICY, "previous_token_entropy_bits": entropy, "u_star": u_star,
+                "budget_updates_suite": budget_from_crossing(u_star), "stopped_at": curve[-1][0] if curve else None,
+                "update_s": result["compute"]["update_s"],
+                "forward_cost_updates": result["compute"]["forward_cost_updates"], "settings": asdict(settings)}
 
-
-def pilot_record(corpus: str, save_dir: Path, entropy: float, settings: Settings, wall: float | None, code: int) -> dict:
-    """The pilot's result: its curve, U*, the suite's budget U and the measured costs."""
-    curve = read_valid_curve(save_dir / "train.log")
-    u_star = crossing_update(curve, entropy)
-    update_s, forward_cost = measured_costs(save_dir / "train.log")
-    return {
-        "corpus": corpus, "seed": PILOT_SEED, "policy": REFERENCE_POLICY,
-        "previous_token_entropy_bits": entropy, "u_star": u_star, "budget_updates_suite": budget_from_crossing(u_star),
-        "budget_updates": settings.budget_updates, "stopped_at": curve[-1][0] if curve else None,
-        "val_curve": [[u, loss] for u, loss in curve], "wall_time_s": wall,
-        "update_s": update_s, "forward_cost_updates": forward_cost,
-        "settings": asdict(settings), "exit_code": code,
-    }
+    spec = run_spec(corpus, data_dir, POLICIES[REFERENCE_POLICY], PILOT_SEED, settings)
+    return harness.run(spec, results_root, work_root, finish=pilot_fields, stop=reached_budget,
+                       out=pilot_path(results_root, corpus))
 
 
 def reward_noise(curve: Sequence[tuple[int, float]], length: int, start: int, end: int,
@@ -558,8 +445,9 @@ def score(per_corpus: dict, corpora_names: Sequence[str], seeds: Sequence[int] =
             notes.append(f"{corpus}: target {target:.3f} not reached")
             continue
         spent = statistics.fmean(
-            charged_compute(_compute_of(mine[s]), POLICIES[policy], reached, _interaction_updates(mine[s]),
-                            _eval_batches(mine[s])) for s in seeds)
+            charged_compute(mine[s].result.get("compute"), POLICIES[policy], reached,
+                            int(mine[s].result["settings"]["interaction_updates"]),
+                            int(mine[s].result["settings"]["eval_batches"])) for s in seeds)
         verdicts.append(spent <= COMPUTE_SHARE * budget)
         notes.append(f"{corpus}: {spent / budget:.2f} of constant-0.15's compute (update {reached} of {budget})")
     passed = sum(verdicts)
@@ -602,18 +490,6 @@ def score(per_corpus: dict, corpora_names: Sequence[str], seeds: Sequence[int] =
                   f"(need ≥ {PAIRS_TO_BEAT_RANDOM} of {pairs_wanted})"
                   + (f" (incomplete: {total} of {pairs_wanted} pairs)" if total < pairs_wanted else ""))
     return [a, b, c]
-
-
-def _compute_of(run) -> dict | None:
-    return run.result.get("compute")
-
-
-def _interaction_updates(run) -> int:
-    return int(run.result["settings"]["interaction_updates"])
-
-
-def _eval_batches(run) -> int:
-    return int(run.result["settings"]["eval_batches"])
 
 
 # -- results, summary and plots --------------------------------------------------------------
@@ -837,17 +713,6 @@ def _first_seed_save_dirs(runs, work_root: Path):
     return [load_run(d) for d in dirs if d.is_dir() and (d / "train.log").is_file()]
 
 
-def reward_model_available(name: str = "trend") -> bool:
-    """Whether the installed task offers ``--gpts-reward-model <name>`` (asked in a fresh
-    interpreter, so an option added while the suite runs is seen by its later runs)."""
-    probe = ("from gpts_fairseq.tasks.gpts_mlm import GPTSMaskedLMConfig as C; import dataclasses as d; "
-             "f = {x.name: x for x in d.fields(C)}.get('gpts_reward_model'); "
-             f"print(f is not None and {name!r} in list(getattr(f.type, '__members__', None) or "
-             "[str(c) for c in getattr(f.type, 'choices', [])] or [f.default]))")
-    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO_ROOT)
-    return found.returncode == 0 and found.stdout.strip().endswith("True")
-
-
 def measure_interaction_length(pilots: Sequence[dict], results_root: Path, batches: int) -> dict:
     """Write pilot/interaction_length.json: the table and the L the rule picks."""
     decision_s = GP_DECISION_S
@@ -855,14 +720,14 @@ def measure_interaction_length(pilots: Sequence[dict], results_root: Path, batch
     chosen, with_effect = choose_interaction_length(rows)
     data = {"rule": "see benchmarks/pretrain.py docstring, step 2", "decision_s": decision_s,
             "rows": rows, "chosen": chosen, "effect_condition_met": with_effect}
-    _write_json(Path(results_root) / "pilot" / "interaction_length.json", data)
+    harness.write_json(Path(results_root) / "pilot" / "interaction_length.json", data)
     return data
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", nargs="*", default=list(corpora.CORPORA), choices=corpora.CORPORA,
-                        help="shared corpora to run (none: only --text)")
+    parser.add_argument("--corpus", nargs="*", default=None, choices=corpora.CORPORA,
+                        help="shared corpora to run (default: all three, or none when --text is given)")
     parser.add_argument("--text", nargs="+", type=Path, metavar="FILE",
                         help="your own text: one file (its last 10%% of lines validate) or TRAIN VALID")
     parser.add_argument("--text-name", default="user-text", help="the name of --text in results")
@@ -907,10 +772,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     interaction_updates=args.interaction_updates or 1, eval_batches=args.eval_batches,
                     threads=args.threads, tokenizer=args.tokenizer)
     base.validate()
+    shared = args.corpus if args.corpus is not None else ([] if args.text else list(corpora.CORPORA))
     start = time.perf_counter()
     if not args.summary_only:
         data = {c: corpora.prepare(c, args.data_root, args.sources, max_lines=args.max_lines, tokenizer=args.tokenizer)
-                for c in args.corpus}
+                for c in shared}
         if args.text:
             data[args.text_name] = corpora.prepare_text(args.text_name, *args.text, data_root=args.data_root,
                                                         max_lines=args.max_lines, tokenizer=args.tokenizer)
@@ -933,33 +799,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def run_suite(args, base: Settings, data: dict, pilots: dict) -> None:
-    """Seed-major: for seed, for corpus, every policy (gp-ts-trend last, and only once the
-    task offers its reward model; a later call runs what was deferred)."""
+def run_suite(args, base: Settings, data: dict, pilots: dict) -> list[dict]:
+    """Seed-major: for seed, for corpus, every policy (so complete same-seed blocks arrive first)."""
     settings = {c: replace(base, budget_updates=args.budget_updates or pilots[c]["budget_updates_suite"]) for c in data}
     for each in settings.values():
         each.validate()
-    jobs = [(c, POLICIES[p], s) for s in args.seeds for c in data for p in args.policies]
-    deferred = []
-
-    def one(job):
-        corpus, policy, seed = job
-        if policy.reward_model and not result_path(args.results_root, corpus, policy.name, seed).exists() \
-                and not reward_model_available(policy.reward_model):
-            deferred.append(job)
-            print(f"{corpus:14s} {policy.name:20s} seed {seed}: deferred, no --gpts-reward-model "
-                  f"{policy.reward_model} yet", flush=True)
-            return
-        out = run_one(corpus, data[corpus], policy, seed, settings[corpus], args.work_root, args.results_root)
-        result = json.loads(out.read_text())
-        print(f"{corpus:14s} {policy.name:20s} seed {seed}: final val loss {result['final_val_loss']:.3f} "
-              f"({result['wall_time_s']:.0f} s)", flush=True)
-
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        list(pool.map(one, jobs))
-    if deferred:
-        print(f"{len(deferred)} gp-ts-trend runs deferred: rerun this command once the option exists", flush=True)
+    specs = [run_spec(c, data[c], POLICIES[p], s, settings[c]) for s in args.seeds for c in data for p in args.policies]
+    return harness.run_suite(specs, args.results_root, args.work_root, jobs=args.jobs, finish=suite_fields(settings),
+                             print_fn=lambda line: print(line, flush=True))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -34,8 +34,8 @@ after seeing results):
 - **Report.** Every number (table printed, JSON in ``benchmarks/results/reward_noise.json``,
   no machine paths, with the load average), including every criterion that fails.
 
-    python benchmarks/reward_noise.py                 # state run, then the 24 replicates (resumable, ~35 min here)
-    python benchmarks/reward_noise.py --summary-only  # the table and the verdicts from the JSON
+    python -m benchmarks.reward_noise                 # state run, then the 24 replicates (resumable, ~35 min here)
+    python -m benchmarks.reward_noise --summary-only  # the table and the verdicts from the JSON
 
 Replicates restore the state checkpoint with fairseq's ``--restore-file`` (optimizer, lr
 scheduler, EMA) and ``--gpts-allow-option-change`` (the seed and ρ are reward options of the
@@ -48,22 +48,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
-import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import corpora, harness, pretrain
 
-import corpora  # noqa: E402
-import pretrain  # noqa: E402
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_RESULTS = REPO_ROOT / "benchmarks" / "results" / "reward_noise.json"
-DEFAULT_WORK = Path(os.environ.get("GPTS_WORK_ROOT", Path.home() / ".cache" / "gpts-fairseq" / "runs")) / "reward-noise"
+DEFAULT_RESULTS = harness.REPO_ROOT / "benchmarks" / "results" / "reward_noise.json"
+DEFAULT_WORK = harness.WORK_ROOT / "reward-noise"
 
 CORPUS = "wikitext-2"
 BUDGET_UPDATES = 4000
@@ -92,44 +85,25 @@ def settings() -> pretrain.Settings:
                              validate_updates=STATE_STEP)
 
 
-def _replace_option(cmd: list[str], option: str, value: str) -> list[str]:
-    at = cmd.index(option)
-    return [*cmd[:at + 1], value, *cmd[at + 2:]]
+CHECKPOINTS = ("--no-epoch-checkpoints", "--no-last-checkpoints")
 
 
-def _without(cmd: list[str], flag: str) -> list[str]:
-    return [arg for arg in cmd if arg != flag]
+def state_spec(data_dir: Path) -> harness.RunSpec:
+    """The suite's constant-0.30 run, saving checkpoints (with the EMA) every 250 updates."""
+    spec = pretrain.run_spec(CORPUS, data_dir, pretrain.POLICIES[STATE_POLICY], STATE_SEED, settings())
+    return replace(spec, arm="state", keep_checkpoints=True, fairseq=(
+        *spec.fairseq, *EMA_ARGS, "--save-interval-updates", str(STATE_STEP), *CHECKPOINTS))
 
 
-def state_command(data_dir: Path, save_dir: Path) -> list[str]:
-    """The suite's constant-0.30 command line, saving checkpoints (with the EMA) every 250 updates."""
-    cmd = pretrain.run_args(data_dir, save_dir, pretrain.POLICIES[STATE_POLICY], STATE_SEED, settings())
-    return [*_without(cmd, "--no-save"), *EMA_ARGS, "--save-interval-updates", str(STATE_STEP),
-            "--no-epoch-checkpoints", "--no-last-checkpoints"]
-
-
-def replicate_command(data_dir: Path, save_dir: Path, state_checkpoint: Path, state: int, arm: str,
-                      seed: int) -> list[str]:
+def replicate_spec(data_dir: Path, state_checkpoint: Path, state: int, arm: str, seed: int) -> harness.RunSpec:
     """Continue the state run at ``arm`` with training seed ``seed`` for HORIZON updates: optimizer,
     lr schedule (still decaying over 4,000 updates) and EMA restored; checkpoints every 50 updates.
     The changed seed and masking are reward options of the task, hence --gpts-allow-option-change."""
-    cmd = pretrain.run_args(data_dir, save_dir, pretrain.POLICIES[arm], seed, settings())
-    cmd = _replace_option(_without(cmd, "--no-save"), "--max-update", str(state + HORIZON))
-    return [*cmd, *EMA_ARGS, "--restore-file", str(state_checkpoint), "--gpts-allow-option-change",
-            "--save-interval-updates", str(CHECKPOINT_STEP), "--no-epoch-checkpoints", "--no-last-checkpoints",
-            "--disable-validation"]
-
-
-def checkpoint_at(save_dir: Path, update: int) -> Path | None:
-    """The checkpoint fairseq saved at ``update`` once its "Saved checkpoint" line is logged
-    (fairseq's checkpoint logger writes to the console output only, not to --log-file)."""
-    log = save_dir / "stdout.log"
-    if not log.is_file():
-        return None
-    for line in log.read_text(errors="replace").splitlines():
-        if "Saved checkpoint" in line and f"@ {update} updates" in line:
-            return Path(line.split("Saved checkpoint ", 1)[1].split(" ", 1)[0])
-    return None
+    spec = pretrain.run_spec(CORPUS, data_dir, pretrain.POLICIES[arm], seed, settings())
+    return replace(spec, arm=f"state{state}-{arm}", budget_updates=state + HORIZON, keep_checkpoints=True,
+                           fairseq=(*spec.fairseq, *EMA_ARGS, "--restore-file", str(state_checkpoint),
+                                    "--gpts-allow-option-change", "--save-interval-updates", str(CHECKPOINT_STEP),
+                                    *CHECKPOINTS, "--disable-validation"))
 
 
 def second_state(curve: Sequence[tuple[int, float]], entropy: float) -> int | None:
@@ -184,37 +158,36 @@ def run_state(data_dir: Path, work: Path, results: dict, out: Path) -> dict:
     """The state run (unless recorded): constant-0.30, seed 0, until S2's checkpoint is saved."""
     if "state_run" in results:
         return results["state_run"]
-    entropy = corpora.prepared_entropy(data_dir)
-    save_dir = pretrain._fresh_save_dir(work / "state")
-    cmd = state_command(data_dir, save_dir)
+    entropy = harness.corpus_entropy(str(data_dir))
+    spec = state_spec(data_dir)
+    save_dir = harness.save_dir_of(work, spec)
 
-    def saved_second_state(curve):
+    def saved(curve, *updates):
+        return all(u is not None and harness.checkpoint_at(save_dir, u) is not None for u in updates)
+
+    def state_fields(save_dir: Path, result: dict) -> dict:
+        curve = [tuple(p) for p in result["val_curve"]]
         s2 = second_state(curve, entropy)
-        return s2 is not None and checkpoint_at(save_dir, s2) is not None and checkpoint_at(save_dir, S1) is not None
+        if not saved(curve, S1, s2):
+            raise harness.RunFailed(f"state run: no checkpoints at S1 and S2 (exit {result['exit_code']}), "
+                                    f"see {save_dir}/stdout.log")
+        return {"policy": STATE_POLICY, "ema_decay": EMA_DECAY, "entropy_bits": entropy, "states": sorted({S1, s2}),
+                "s2_below_entropy": dict(curve).get(s2, math.inf) < entropy,
+                "update_s": result["compute"]["update_s"],
+                "forward_cost_updates": result["compute"]["forward_cost_updates"], "settings": asdict(settings()),
+                "load_average": result["loadavg_after"]}
 
-    code, wall, output = pretrain._train(cmd, save_dir, settings(), stop=saved_second_state)
-    curve = pretrain.read_valid_curve(save_dir / "train.log")
-    s2 = second_state(curve, entropy)
-    if s2 is None or checkpoint_at(save_dir, s2) is None or checkpoint_at(save_dir, S1) is None:
-        raise RuntimeError(f"state run failed (exit {code}), see {save_dir}/stdout.log:\n{output[-3000:]}")
-    update_s, forward_cost = pretrain.measured_costs(save_dir / "train.log")
-    results["state_run"] = {
-        "policy": STATE_POLICY, "seed": STATE_SEED, "ema_decay": EMA_DECAY, "entropy_bits": entropy,
-        "states": sorted({S1, s2}), "s2_below_entropy": dict(curve).get(s2, math.inf) < entropy,
-        "val_curve": [[u, loss] for u, loss in curve], "wall_time_s": wall, "update_s": update_s,
-        "forward_cost_updates": forward_cost, "fairseq_args": corpora.portable_args(cmd[1:], data_dir, save_dir),
-        "settings": asdict(settings()), "load_average": os.getloadavg(),
-    }
-    pretrain._write_json(out, results)
+    results["state_run"] = harness.run(spec, work, work, finish=state_fields, out=work / "state.json",
+                                       stop=lambda curve: saved(curve, S1, second_state(curve, entropy)))
+    harness.write_json(out, results)
     return results["state_run"]
 
 
 def run_replicates(data_dir: Path, work: Path, results: dict, out: Path) -> None:
     """Every (state, arm, seed) run not recorded yet, one at a time, each written when done."""
-    state_run = results["state_run"]
     done = {(r["state"], r["arm"], r["seed"]) for r in results["runs"]}
-    for state in state_run["states"]:
-        state_checkpoint = checkpoint_at(work / "state", state)
+    for state in results["state_run"]["states"]:
+        state_checkpoint = harness.checkpoint_at(harness.save_dir_of(work, state_spec(data_dir)), state)
         meter = None
         start_key = f"start_{state}"
         for arm in ARMS:
@@ -224,30 +197,28 @@ def run_replicates(data_dir: Path, work: Path, results: dict, out: Path) -> None
                 meter = meter or RewardMeter(state_checkpoint)
                 if start_key not in results:
                     results[start_key] = meter.losses(state_checkpoint)
-                save_dir = pretrain._fresh_save_dir(work / f"state{state}" / arm / f"seed{seed}")
-                cmd = replicate_command(data_dir, save_dir, state_checkpoint, state, arm, seed)
-                code, wall, output = pretrain._train(cmd, save_dir, settings())
-                loss = {"0": results[start_key]}
-                for n in LENGTHS:
-                    checkpoint = checkpoint_at(save_dir, state + n)
-                    if checkpoint is None:
-                        raise RuntimeError(f"no checkpoint at update {state + n} (exit {code}), see "
-                                           f"{save_dir}/stdout.log:\n{output[-3000:]}")
-                    loss[str(n)] = meter.losses(checkpoint)
+
+                def measure(save_dir: Path, result: dict) -> dict:
+                    loss = {"0": results[start_key]}
+                    for n in LENGTHS:
+                        checkpoint = harness.checkpoint_at(save_dir, state + n)
+                        if checkpoint is None:
+                            raise harness.RunFailed(f"no checkpoint at update {state + n}, see {save_dir}/stdout.log")
+                        loss[str(n)] = meter.losses(checkpoint)
+                    for checkpoint in save_dir.glob("checkpoint*.pt"):
+                        checkpoint.unlink()
+                    return {"loss": loss}
+
+                spec = replicate_spec(data_dir, state_checkpoint, state, arm, seed)
+                run = harness.run(spec, work, work, finish=measure, out=work / "replicates" / spec.arm / f"seed{seed}.json")
+                loss = run["loss"]
                 results["runs"].append({"state": state, "arm": arm, "seed": seed, "loss": loss,
-                                        "wall_time_s": wall, "exit_code": code, "load_average": os.getloadavg(),
-                                        "fairseq_args": portable(cmd[1:], data_dir, save_dir, work)})
-                pretrain._write_json(out, results)
-                for checkpoint in save_dir.glob("checkpoint*.pt"):
-                    checkpoint.unlink()
+                                        "wall_time_s": run["wall_time_s"], "exit_code": run["exit_code"],
+                                        "load_average": run["loadavg_after"], "fairseq_args": run["fairseq_args"]})
+                harness.write_json(out, results)
                 print(f"state {state} {arm} seed {seed}: " + ", ".join(
                     f"+{n} raw {loss[str(n)]['raw']:.4f} ema {loss[str(n)]['ema']:.4f}" for n in ("0", *map(str, LENGTHS)))
-                    + f" ({wall:.0f} s)", flush=True)
-
-
-def portable(args: Sequence[str], data_dir: Path, save_dir: Path, work: Path) -> list[str]:
-    """``corpora.portable_args``, and the state run's checkpoint under ``<work>``."""
-    return [arg.replace(str(work), "<work>") for arg in corpora.portable_args(args, data_dir, save_dir)]
+                    + f" ({run['wall_time_s']:.0f} s)", flush=True)
 
 
 # -- analysis ----------------------------------------------------------------------------------
@@ -377,15 +348,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "state_run" not in results:
         print("no state run recorded yet")
         return 0
-    for run in results["runs"]:  # the first runs recorded the state checkpoint's machine path
-        run["fairseq_args"] = [arg.replace(str(args.work_root), "<work>") for arg in run["fairseq_args"]]
     analysis = analyse(results)
     results["analysis"] = analysis
-    pretrain._write_json(args.results, results)
+    harness.write_json(args.results, results)
     print(table(analysis))
     print("\n".join(verdicts(analysis)))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

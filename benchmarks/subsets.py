@@ -40,11 +40,12 @@ Protocol (written before any run; not re-tuned after):
   alternating rounds; a larger batch replaces training's only if it is >= 15 % faster in CPU
   time and gives bit-identical features. The load average is recorded before and after.
 
-Results: ``benchmarks/results/subsets/<corpus>/<arm>/seed<k>.json`` (a finished run is
-skipped, so the suite resumes), ``timing.json``, ``summary.md`` and ``delta_vs_full.png``.
+Results (through ``benchmarks.harness``; selections from the run's subsets events):
+``benchmarks/results/subsets/<corpus>/<arm>/seed<k>.json`` (a finished run is skipped, so the
+suite resumes), ``timing.json``, ``summary.md`` and ``delta_vs_full.png``.
 
-    python benchmarks/subsets.py --jobs 1          # all 45 runs and the timing run (resumable)
-    python benchmarks/subsets.py --summary-only    # tables and the plot from the JSON
+    python -m benchmarks.subsets --jobs 1          # all 45 runs and the timing run (resumable)
+    python -m benchmarks.subsets --summary-only    # tables and the plot from the JSON
 """
 
 from __future__ import annotations
@@ -52,24 +53,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import shutil
 import statistics
-import subprocess
-import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks import corpora, harness, pretrain
 
-import corpora  # noqa: E402
-import pretrain  # noqa: E402  (model_args: the same tiny RoBERTa as the masking comparison)
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_RESULTS = REPO_ROOT / "benchmarks" / "results" / "subsets"
-DEFAULT_WORK = Path(os.environ.get("GPTS_WORK_ROOT", Path.home() / ".cache" / "gpts-fairseq" / "runs")) / "subsets"
+DEFAULT_RESULTS = harness.REPO_ROOT / "benchmarks" / "results" / "subsets"
+DEFAULT_WORK = harness.WORK_ROOT / "subsets"
 MAX_LINES = {"wikitext-2": 725, "linux": 11250, "war-and-peace": 5300}  # ~320 k characters each
 TIMING_LINES = 41400  # war-and-peace: ~2.56 M characters, ~20,000 blocks
 SEEDS = (1, 2, 3)
@@ -89,8 +81,7 @@ ARMS = {
     "ingenious": ["--subset-selector", "ingenious", "--subset-temperature", "1", *ONCE, *SUBSET],
     "ingenious-t10": ["--subset-selector", "ingenious", "--subset-temperature", "10", *ONCE, *SUBSET],
 }
-SELECTION_LOG = re.compile(r"subset of epoch (\d+): (\S+), (\d+) of (\d+) blocks "
-                           r"\(features ([\d.]+) s, greedy ([\d.]+) s\)")
+SELECTION_EVENT = "selection"  # gpts_fairseq.subsets' event of one selection
 
 
 def data_dir(corpus: str, max_lines: int) -> Path:
@@ -105,83 +96,32 @@ def epoch_updates(data: Path) -> int:
     return -(-blocks // BATCH_SIZE)
 
 
-def train_args(data: Path, save_dir: Path, arm: str, seed: int, budget: int) -> list[str]:
-    return [
-        corpora._fairseq_tool("fairseq-train"), str(data),
-        "--task", "gpts_mlm", "--criterion", "gpts_masked_lm",
-        *pretrain.model_args(pretrain.Settings(budget_updates=budget, interaction_updates=budget)),
-        *ARMS[arm],
-        "--gpts-valid-masking", "reference", "--max-valid-steps", str(EVAL_BATCHES - 1),
-        "--validate-interval-updates", str(VALIDATE_UPDATES), "--validate-interval", "1000000",
-        "--seed", str(seed), "--cpu", "--num-workers", "0", "--no-save", "--save-dir", str(save_dir),
-        "--log-format", "json", "--log-interval", "20",
-    ]
+def run_spec(corpus: str, data: Path, arm: str, seed: int, budget: int, arm_args: Sequence[str] | None = None):
+    """One run of the comparison, for the harness (``arm_args``: instead of ``ARMS[arm]``)."""
+    model = pretrain.model_args(pretrain.Settings(budget_updates=budget, interaction_updates=budget))
+    return harness.RunSpec(
+        corpus=corpus, data_dir=data, arm=arm, seed=seed, budget_updates=budget, model=tuple(model),
+        fairseq=("--gpts-valid-masking", "reference", "--max-valid-steps", str(EVAL_BATCHES - 1),
+                 "--validate-interval-updates", str(VALIDATE_UPDATES), "--validate-interval", "1000000",
+                 "--log-interval", str(VALIDATE_UPDATES)),
+        arm_args=tuple(ARMS[arm] if arm_args is None else arm_args))
 
 
-def parse_log(text: str) -> dict:
-    """Validation curve, seconds per update and the selections, from fairseq-train's output."""
-    curve, wall, updates = [], 0.0, None
-    for line in text.splitlines():
-        for tag in ("valid", "train"):
-            marker = f"| {tag} | "
-            if marker in line:
-                record = json.loads(line.split(marker, 1)[1])
-                if tag == "valid":
-                    curve.append((int(record["valid_num_updates"]), float(record["valid_loss"])))
-                else:
-                    wall += float(record["train_train_wall"])  # per epoch
-                    updates = int(record["train_num_updates"])  # cumulative
-    selections = [dict(zip(("epoch", "kind", "size", "count", "feature_s", "greedy_s"),
-                           (int(m[1]), m[2], int(m[3]), int(m[4]), float(m[5]), float(m[6]))))
-                  for m in SELECTION_LOG.finditer(text)]
-    return {"curve": sorted(set(curve)), "train_wall_s": wall, "updates": updates, "selections": selections}
+def selections(result: dict) -> list[dict]:
+    """The run's selections, from its subsets events."""
+    return [{"epoch": e["epoch"], "kind": e["kind"], "size": e["size"], "count": e["count"],
+             "feature_s": e["feature_seconds"], "greedy_s": e["greedy_seconds"]}
+            for e in result["events"].get("subsets", []) if e["event"] == SELECTION_EVENT]
 
 
-def result_path(results: Path, corpus: str, arm: str, seed: int) -> Path:
-    return results / corpus / arm / f"seed{seed}.json"
-
-
-def _train(cmd: list[str], save_dir: Path) -> tuple[str, float]:
-    if save_dir.exists():  # an interrupted attempt: start over
-        shutil.rmtree(save_dir)
-    save_dir.mkdir(parents=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=save_dir)
-    wall = time.perf_counter() - start
-    output = proc.stdout + proc.stderr
-    (save_dir / "stdout.log").write_text(output)
-    if proc.returncode != 0 and "done training in" not in output:
-        raise RuntimeError(f"fairseq-train failed, see {save_dir}/stdout.log:\n{output[-3000:]}")
-    return output, wall
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
-
-
-def run_one(corpus: str, arm: str, seed: int, results: Path, work: Path) -> Path:
-    out = result_path(results, corpus, arm, seed)
-    if out.exists():
-        return out
-    data = data_dir(corpus, MAX_LINES[corpus])
-    budget = epoch_updates(data)
-    cmd = train_args(data, work / corpus / arm / f"seed{seed}", arm, seed, budget)
-    output, wall = _train(cmd, work / corpus / arm / f"seed{seed}")
-    run = parse_log(output)
-    if not run["curve"] or run["curve"][-1][0] != budget:
-        raise RuntimeError(f"{corpus} {arm} seed {seed}: no validation at update {budget}")
-    seconds_per_update = run["train_wall_s"] / run["updates"]
-    selection_s = sum(s["feature_s"] + s["greedy_s"] for s in run["selections"])
-    _write_json(out, {"corpus": corpus, "arm": arm, "seed": seed, "budget_updates": budget,
-                      "max_lines": MAX_LINES[corpus], "args": ARMS[arm], "wall_s": wall,
-                      "seconds_per_update": seconds_per_update, "selection_s": selection_s,
-                      "selection_update_equivalents": selection_s / seconds_per_update, **run})
-    print(f"{corpus} {arm} seed {seed}: final {run['curve'][-1][1]:.4f} bits, {wall:.0f} s", flush=True)
-    return out
+def run_fields(save_dir: Path, result: dict) -> dict:
+    """The harness' ``finish``: the selections and their cost in update-equivalents."""
+    chosen = selections(result)
+    seconds_per_update = result["compute"]["train_wall_s"] / result["compute"]["updates"]
+    selection_s = sum(s["feature_s"] + s["greedy_s"] for s in chosen)
+    return {"max_lines": MAX_LINES.get(result["corpus"]), "selections": chosen,
+            "seconds_per_update": seconds_per_update, "selection_s": selection_s,
+            "selection_update_equivalents": selection_s / seconds_per_update}
 
 
 def _task_and_model(cmd: list[str]):
@@ -241,16 +181,14 @@ def run_timing(results: Path, work: Path) -> Path:
     earlier = json.loads(out.read_text()) if out.exists() else None
     if earlier is not None and "feature_pass" in earlier:
         return out
-    data = data_dir("war-and-peace", TIMING_LINES)
-    updates = 60
-    cmd = train_args(data, work / "timing", "ingenious", 1, updates)
-    cmd[cmd.index("--subset-warmup-epochs") + 1] = "0"  # select before the first update
+    arm_args = list(ARMS["ingenious"])
+    arm_args[arm_args.index("--subset-warmup-epochs") + 1] = "0"  # select before the first update
+    spec = run_spec("war-and-peace", data_dir("war-and-peace", TIMING_LINES), "timing", 1, 60, arm_args)
     load_before = os.getloadavg()
-    passes = feature_passes(*_task_and_model(cmd))
-    output, _ = _train(cmd, work / "timing")
-    run = parse_log(output)
+    passes = feature_passes(*_task_and_model(spec.command(work / "timing")))
+    run = harness.run(spec, work, work, finish=run_fields, out=work / "timing.json")
     selection = run["selections"][0]
-    seconds_per_update = run["train_wall_s"] / run["updates"]
+    seconds_per_update = run["seconds_per_update"]
     epoch_s = -(-selection["count"] // BATCH_SIZE) * seconds_per_update
     share = {name: passes[name]["wall_s"] / epoch_s for name in ("full_forward", "truncated")}
     timing = {
@@ -265,7 +203,7 @@ def run_timing(results: Path, work: Path) -> Path:
         "load_average_before": list(load_before), "load_average_after": list(os.getloadavg()),
         "earlier_run": earlier,  # the first timing run (whole forward), kept as it was recorded
     }
-    _write_json(out, timing)
+    harness.write_json(out, timing)
     print("\n".join(timing_table(timing)))
     return out
 
@@ -293,14 +231,14 @@ def timing_table(t: dict) -> list[str]:
 
 def load(results: Path, corpus: str) -> dict:
     runs = {}
-    for path in sorted((results / corpus).glob("*/seed*.json")):
-        run = json.loads(path.read_text())
+    for run in harness.load_results(results, corpus):
+        run.setdefault("val_curve", run.get("curve"))  # results written before the harness
         runs.setdefault(run["arm"], {})[run["seed"]] = run
     return runs
 
 
 def _final(run: dict) -> float:
-    return run["curve"][-1][1]
+    return run["val_curve"][-1][1]
 
 
 def corpus_rows(runs: dict) -> list[dict]:
@@ -360,8 +298,8 @@ def plot(per_corpus: dict, path: Path) -> None:
             curves = []
             for seed, run in runs[arm].items():
                 if seed in full:
-                    base = dict(full[seed]["curve"])
-                    curves.append({u: loss - base[u] for u, loss in run["curve"] if u in base})
+                    base = dict(full[seed]["val_curve"])
+                    curves.append({u: loss - base[u] for u, loss in run["val_curve"] if u in base})
             updates = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
             if updates:
                 ax.plot(updates, [statistics.mean(c[u] for c in curves) for u in updates], label=arm)
@@ -402,7 +340,7 @@ def write_summary(results: Path) -> Path:
     if per_corpus:
         plot(per_corpus, results / "delta_vs_full.png")
         lines.append("![validation loss minus full data's, same seed](delta_vs_full.png)")
-    _write_json(results / "summary.json", {"criteria": criteria(per_corpus), "tables": table})
+    harness.write_json(results / "summary.json", {"criteria": criteria(per_corpus), "tables": table})
     path = results / "summary.md"
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -414,24 +352,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--corpus", nargs="+", default=list(corpora.CORPORA), choices=corpora.CORPORA)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
-    parser.add_argument("--jobs", type=int, default=1)
-    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
-    parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
-    parser.add_argument("--summary-only", action="store_true")
     parser.add_argument("--skip-timing", action="store_true")
+    harness.add_suite_arguments(parser, DEFAULT_RESULTS, DEFAULT_WORK)
     args = parser.parse_args(argv)
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     if not args.summary_only:
         if not args.skip_timing:
-            run_timing(args.results, args.work)
-        jobs = [(c, a, s) for s in args.seeds for c in args.corpus for a in args.arms]  # seed-major
-        with ThreadPoolExecutor(args.jobs) as pool:
-            for future in [pool.submit(run_one, c, a, s, args.results, args.work) for c, a, s in jobs]:
-                future.result()
-    write_summary(args.results)
+            run_timing(args.results_root, args.work_root)
+        data = {c: data_dir(c, MAX_LINES[c]) for c in args.corpus}
+        specs = [run_spec(c, data[c], a, s, epoch_updates(data[c])) for s in args.seeds for c in args.corpus
+                 for a in args.arms]  # seed-major
+        harness.run_suite(specs, args.results_root, args.work_root, jobs=args.jobs, finish=run_fields)
+    write_summary(args.results_root)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -17,9 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from gpts_fairseq.__main__ import DEMO_TRAIN, build_corpus  # noqa: E402
+from gpts_fairseq.__main__ import DEMO_TRAIN, build_corpus
+from gpts_fairseq.report.history import iter_log_records
 
 MODEL = DEMO_TRAIN[: DEMO_TRAIN.index("--task")]  # the demo's tiny RoBERTa and optimiser, no gpts options
 TARGET = 0.98
@@ -29,14 +28,15 @@ def train(data, task, updates, workers, save_dir):
     command = [sys.executable, "-m", "fairseq_cli.train", str(data), *MODEL, "--task", task,
                "--criterion", "masked_lm", "--max-update", str(updates), "--total-num-update", str(updates),
                "--num-workers", str(workers), "--disable-validation", "--no-save", "--save-dir", str(save_dir),
-               "--cpu", "--seed", "1", "--log-format", "json", "--log-interval", "50"]
+               "--cpu", "--seed", "1", "--log-format", "json", "--log-interval", "50", "--log-file", str(save_dir / "train.log")]
+    save_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     started = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"{task} failed:\n{proc.stderr[-3000:]}")
-    records = [json.loads(line.split("| train | ", 1)[1]) for line in (proc.stdout + proc.stderr).splitlines() if "| train | " in line]
+    records = [r for r in iter_log_records(save_dir / "train.log") if "train_wps" in r]  # the epoch summaries
     return {"task": task, "wps": float(records[-1]["train_wps"]), "train_wall_s": float(records[-1]["train_wall"]),
             "process_wall_s": wall, "loss": float(records[-1]["train_loss"])}
 

@@ -4,7 +4,7 @@
 #
 #   examples/pretrain_from_raw_text.sh --train TRAIN.txt --valid VALID.txt --out DIR \
 #       [--gpt2-bpe ENCODER_JSON VOCAB_BPE DICT_TXT | --sentencepiece VOCAB_SIZE | --chars] \
-#       [-- more fairseq-train options, which override the ones below]
+#       [--prepare-only] [-- more fairseq-train options, which override the ones below]
 #
 # Tokenizers:
 #   --gpt2-bpe      GPT-2 byte-level BPE, as fairseq's RoBERTa pre-training README does; pass the
@@ -12,8 +12,13 @@
 #   --sentencepiece a unigram sentencepiece model of VOCAB_SIZE pieces trained on TRAIN.txt
 #                   (needs `pip install sentencepiece`); its ▁ pieces allow --mask-whole-words
 #   --chars         one token per character, spaces as ▁ (the default; needs nothing)
+# --prepare-only stops after fairseq-preprocess (DIR/data-bin), to train with your own command.
 #
-# DIR receives tokens/, data-bin/, checkpoints/ (with gpts_history.jsonl) and tensorboard/.
+# Input text is read as UTF-8, the same way for every tokenizer: invalid bytes become U+FFFD,
+# NUL bytes are dropped and a leading byte-order mark is removed; one warning line per file says
+# how many. The cleaned text goes to DIR/tokens/{train,valid}.txt.
+# DIR receives tokens/, data-bin/, checkpoints/ (with gpts_history.jsonl) and tensorboard/; a
+# step that fails leaves none of its output files behind (each is written to FILE.tmp, then renamed).
 # PYTHON (default: python3) is the interpreter that has fairseq and gpts-fairseq installed.
 set -euo pipefail
 
@@ -24,7 +29,7 @@ usage() {
 }
 
 PYTHON=${PYTHON:-python3}
-train="" valid="" out="" tokenizer=chars encoder_json="" vocab_bpe="" dict_txt="" spm_size=""
+train="" valid="" out="" tokenizer=chars encoder_json="" vocab_bpe="" dict_txt="" spm_size="" prepare_only=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --train) [[ $# -ge 2 ]] || usage "--train needs a file"; train=$2; shift 2 ;;
@@ -37,6 +42,7 @@ while [[ $# -gt 0 ]]; do
       [[ $# -ge 2 && $2 =~ ^[0-9]+$ && $2 -ge 8 ]] || usage "--sentencepiece needs a vocabulary size >= 8"
       tokenizer=sentencepiece; spm_size=$2; shift 2 ;;
     --chars) tokenizer=chars; shift ;;
+    --prepare-only) prepare_only=1; shift ;;
     --) shift; break ;;
     *) usage "unknown argument '$1' (fairseq-train options go after --)" ;;
   esac
@@ -52,43 +58,85 @@ if [[ $tokenizer == sentencepiece ]] && ! "$PYTHON" -c "import sentencepiece" 2>
 fi
 
 mkdir -p "$out/tokens"
+trap 'rm -f "$out"/tokens/*.tmp' EXIT  # a failed step's partial outputs
 workers=$(nproc 2>/dev/null || echo 1)
+
+# 0. clean: UTF-8 text with bad bytes replaced, NULs and a BOM removed (every tokenizer reads this)
+"$PYTHON" - "$out/tokens" "$train" "$valid" <<'PY'
+import codecs
+import os
+import sys
+
+out, inputs = sys.argv[1], dict(zip(("train", "valid"), sys.argv[2:4]))
+invalid = 0
+
+
+def replace_counting(error):
+    """U+FFFD for each maximal invalid UTF-8 sequence, counting its bytes."""
+    global invalid
+    invalid += error.end - error.start
+    return "\ufffd", error.end
+
+
+codecs.register_error("replace_counting", replace_counting)
+for split, path in inputs.items():
+    invalid, nuls = 0, 0
+    with open(path, "rb") as raw:
+        bom = raw.read(3) == codecs.BOM_UTF8
+    target = os.path.join(out, f"{split}.txt")
+    with open(path, encoding="utf-8-sig", errors="replace_counting") as source, \
+            open(f"{target}.tmp", "w", encoding="utf-8") as sink:
+        for line in source:
+            nuls += line.count("\0")
+            sink.write(line.replace("\0", ""))
+    os.replace(f"{target}.tmp", target)
+    notes = [f"{invalid} invalid UTF-8 bytes replaced by U+FFFD" if invalid else "",
+             f"{nuls} NUL bytes dropped" if nuls else "", "a byte-order mark removed" if bom else ""]
+    if any(notes):
+        print(f"warning: {path}: " + ", ".join(filter(None, notes)), file=sys.stderr)
+PY
 
 # 1. tokenize: space-separated tokens, one line per input line (empty lines kept: they end documents)
 case $tokenizer in
   gpt2)
     for split in train valid; do
-      input=$train; [[ $split == valid ]] && input=$valid
       "$PYTHON" -m fairseq.examples.roberta.multiprocessing_bpe_encoder \
         --encoder-json "$encoder_json" --vocab-bpe "$vocab_bpe" \
-        --inputs "$input" --outputs "$out/tokens/$split.bpe" --keep-empty --workers "$workers"
+        --inputs "$out/tokens/$split.txt" --outputs "$out/tokens/$split.bpe.tmp" --keep-empty --workers "$workers"
+      mv -f "$out/tokens/$split.bpe.tmp" "$out/tokens/$split.bpe"
     done
     dict_args=(--srcdict "$dict_txt") ;;
   sentencepiece)
-    "$PYTHON" - "$train" "$valid" "$out/tokens" "$spm_size" <<'PY'
+    "$PYTHON" - "$out/tokens" "$spm_size" <<'PY'
+import os
 import sys
+
 import sentencepiece as spm
 
-train, valid, out, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-spm.SentencePieceTrainer.train(input=train, model_prefix=f"{out}/spm", vocab_size=size,
+out, size = sys.argv[1], int(sys.argv[2])
+spm.SentencePieceTrainer.train(input=f"{out}/train.txt", model_prefix=f"{out}/spm", vocab_size=size,
                                model_type="unigram", character_coverage=1.0)
 model = spm.SentencePieceProcessor(model_file=f"{out}/spm.model")
-for split, path in (("train", train), ("valid", valid)):
-    with open(path, encoding="utf-8") as source, open(f"{out}/{split}.bpe", "w", encoding="utf-8") as target:
+for split in ("train", "valid"):
+    target = f"{out}/{split}.bpe"
+    with open(f"{out}/{split}.txt", encoding="utf-8") as source, open(f"{target}.tmp", "w", encoding="utf-8") as sink:
         for line in source:
-            target.write(" ".join(model.encode(line.strip(), out_type=str)) + "\n")
+            sink.write(" ".join(model.encode(line.strip(), out_type=str)) + "\n")
+    os.replace(f"{target}.tmp", target)
 PY
     dict_args=() ;;
   chars)
-    "$PYTHON" - "$train" "$valid" "$out/tokens" <<'PY'
+    "$PYTHON" - "$out/tokens" <<'PY'
+import os
 import sys
 
-train, valid, out = sys.argv[1:4]
-for split, path in (("train", train), ("valid", valid)):
-    with open(path, encoding="utf-8", errors="replace") as source, \
-            open(f"{out}/{split}.bpe", "w", encoding="utf-8") as target:
+out = sys.argv[1]
+for split in ("train", "valid"):
+    target = f"{out}/{split}.bpe"
+    with open(f"{out}/{split}.txt", encoding="utf-8") as source, open(f"{target}.tmp", "w", encoding="utf-8") as sink:
         for line in source:
-            target.write(" ".join("\u2581" if ch == " " else ch for ch in " ".join(line.split())) + "\n")
+            sink.write(" ".join("\u2581" if ch == " " else ch for ch in " ".join(line.split())) + "\n")
+    os.replace(f"{target}.tmp", target)
 PY
     dict_args=() ;;
 esac
@@ -97,6 +145,10 @@ esac
 "$PYTHON" -m fairseq_cli.preprocess --only-source "${dict_args[@]}" \
   --trainpref "$out/tokens/train.bpe" --validpref "$out/tokens/valid.bpe" \
   --destdir "$out/data-bin" --workers "$workers"
+if (( prepare_only )); then
+  echo "prepared $out/data-bin; train with: fairseq-train $out/data-bin --task gpts_mlm ..." >&2
+  exit 0
+fi
 
 # 3. pre-train: RoBERTa-base's recipe with masked_lm swapped for gpts_mlm and GP-TS over rho
 "$PYTHON" -m fairseq_cli.train "$out/data-bin" \

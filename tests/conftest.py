@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
+# the three corpora; GPTS_TEST_DATA points elsewhere (benchmarks/gpu_check.py, on a machine without them)
+SHARED_DATA = Path(os.environ.get("GPTS_TEST_DATA") or REPO.parent / "shared" / "data")
 PACKAGE_DIR = REPO / "gpts_fairseq"
 
 # A RoBERTa small enough that an update takes milliseconds on one CPU thread.

@@ -1,5 +1,6 @@
 """examples/ run as a user would run them, at tiny scale."""
 
+import codecs
 import json
 import os
 import subprocess
@@ -141,3 +142,53 @@ def test_plain_pytorch_loop_learns_and_moves_psi(tmp_path):
     assert records[-1]["val_loss"] < records[0]["val_loss"]
     rhos = {r["psi"]["mask_prob"] for r in records}
     assert len(rhos) > 1 and all(abs(20 * rho - round(20 * rho)) < 1e-9 for rho in rhos)  # grid of 0.05
+
+
+def train_text_with_bad_bytes(tmp_path):
+    """The raw text of ``raw_text`` with a byte-order mark, 4 invalid UTF-8 bytes (two stray
+    bytes and a cut 3-byte sequence: 3 replacements) and 2 NUL bytes in the training file."""
+    train, valid = raw_text(tmp_path)
+    train.write_bytes(codecs.BOM_UTF8 + train.read_bytes() + b"stray \xff\xfe bytes, a cut \xe2\x82 euro\n"
+                      + b"two NULs\x00\x00 here\n")
+    return train, valid
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("tokenizer", ["chars", "gpt2-bpe", "sentencepiece"])
+def test_raw_text_bad_bytes_are_handled_the_same_on_every_tokenizer_path(tmp_path, tokenizer):
+    """Replaced (U+FFFD), NULs dropped, the BOM removed, one warning line naming the file and
+    the counts; then tokenized and binarized (--prepare-only: no training)."""
+    if tokenizer == "sentencepiece":
+        pytest.importorskip("sentencepiece")
+    train, valid = train_text_with_bad_bytes(tmp_path)
+    vocabulary = {"chars": ["--chars"], "sentencepiece": ["--sentencepiece", "200"]}.get(tokenizer)
+    out = tmp_path / "run"
+    proc = run_script("--train", train, "--valid", valid, "--out", out,
+                      *(vocabulary or ["--gpt2-bpe", *gpt2_files(tmp_path)]), "--prepare-only")
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: {train}: 4 invalid UTF-8 bytes replaced by U+FFFD, 2 NUL bytes dropped, "
+                        "a byte-order mark removed"]
+    cleaned = (out / "tokens" / "train.txt").read_text(encoding="utf-8")
+    assert cleaned.count("\ufffd") == 3 and "\0" not in cleaned and "\ufeff" not in cleaned
+    assert "two NULs here" in cleaned
+    dictionary = [line.rsplit(" ", 1)[0] for line in (out / "data-bin" / "dict.txt").read_text(encoding="utf-8").splitlines()]
+    assert "\0" not in "".join(dictionary) and "\ufeff" not in "".join(dictionary)
+    if tokenizer == "chars":
+        assert "\ufffd" in dictionary
+    assert (out / "tokens" / "train.bpe").stat().st_size > 0 and (out / "data-bin" / "train.bin").exists()
+    assert not (out / "checkpoints").exists()  # --prepare-only
+
+
+@pytest.mark.e2e
+def test_raw_text_failed_tokenizer_leaves_no_output_file(tmp_path):
+    """A GPT-2 encoder.json without the symbol of 'e' makes the encoder fail mid-file: the script
+    fails and tokens/ holds no (empty or partial) .bpe file."""
+    train, valid = raw_text(tmp_path, lines=40)
+    encoder_json, vocab_bpe, dict_txt = gpt2_files(tmp_path)
+    encoder = json.loads(encoder_json.read_text(encoding="utf-8"))
+    del encoder["e"]
+    encoder_json.write_text(json.dumps(encoder), encoding="utf-8")
+    proc = run_script("--train", train, "--valid", valid, "--out", tmp_path / "run",
+                      "--gpt2-bpe", encoder_json, vocab_bpe, dict_txt, check=False)
+    assert proc.returncode != 0
+    assert sorted(path.name for path in (tmp_path / "run" / "tokens").iterdir()) == ["train.txt", "valid.txt"]

@@ -310,11 +310,7 @@ def test_fold_keeps_masks_and_drops_padding_rows():
 def test_benchmark_arms_spend_the_same_counted_flops():
     """benchmarks/growth.py: every arm's schedule spends the fixed arm's FLOPs (within one
     update of the full model) and grows at a validated update."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    import growth
+    from benchmarks import growth
 
     settings = growth.Settings()
     fixed = growth.plan("fixed", settings, vocab=105)

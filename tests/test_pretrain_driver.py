@@ -5,17 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import corpora  # noqa: E402
-import pretrain  # noqa: E402
+from benchmarks import corpora, harness, pretrain
 
 
 def _option(cmd, name):
@@ -106,10 +100,13 @@ def test_interaction_length_rule():
 # -- command lines, results ----------------------------------------------------------------
 
 
+def _command(tmp_path, policy, seed, settings):
+    return pretrain.run_spec("linux", tmp_path / "data", policy, seed, settings).command(tmp_path / "save")
+
+
 def test_every_policy_maps_to_the_documented_task_options(tmp_path):
     settings = pretrain.Settings(budget_updates=400, interaction_updates=20)
-    cmds = {name: pretrain.run_args(tmp_path / "data", tmp_path / "save", p, 3, settings)
-            for name, p in pretrain.POLICIES.items()}
+    cmds = {name: _command(tmp_path, p, 3, settings) for name, p in pretrain.POLICIES.items()}
     for cmd in cmds.values():
         assert _option(cmd, "--task") == "gpts_mlm" and _option(cmd, "--criterion") == "gpts_masked_lm"
         assert _option(cmd, "--gpts-valid-masking") == "reference"
@@ -122,12 +119,12 @@ def test_every_policy_maps_to_the_documented_task_options(tmp_path):
     assert _option(cmds["gp-ts-trend"], "--gpts-arms") == "rho"
     assert "--gpts-reward-model" not in cmds["gp-ts-rho"]
     assert [p for p in pretrain.POLICIES][-1] == "gp-ts-trend"  # after the baselines of each block
-    pilot = pretrain.run_args(tmp_path, tmp_path, pretrain.POLICIES["constant-0.15"], 0,
-                              pretrain.pilot_settings(pretrain.Settings(budget_updates=4000, interaction_updates=100)))
+    pilot = _command(tmp_path, pretrain.POLICIES["constant-0.15"], 0,
+                     pretrain.pilot_settings(pretrain.Settings(budget_updates=4000, interaction_updates=100)))
     assert _option(pilot, "--validate-interval-updates") == "25" and _option(pilot, "--gpts-interaction-updates") == "4000"
-    portable = corpora.portable_args(cmds["random"][1:], tmp_path / "data", tmp_path / "save")
-    assert not any(str(tmp_path) in a or str(REPO) in a for a in portable)
-    assert _option(portable, "--log-file") == "<save>/train.log" and portable[0] == "<data>"
+    specs = [pretrain.run_spec("linux", tmp_path / "data", p, seed, settings)
+             for p in pretrain.POLICIES.values() for seed in (1, 2)]
+    assert len({s.fingerprint() for s in specs}) == 1  # every policy and seed shares the settings
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -143,6 +140,28 @@ def test_bad_options_fail_before_any_work(tmp_path, argv, message):
         pretrain.main([*argv, "--results-root", str(tmp_path / "r"), "--data-root", str(tmp_path / "d"),
                        "--work-root", str(tmp_path / "w")])
     assert not (tmp_path / "d").exists() and not (tmp_path / "w").exists()
+
+
+class _Prepared(Exception):
+    """Raised by the stand-in for prepare_text: the driver got as far as preparing the user's text."""
+
+
+def test_text_without_corpus_runs_the_users_text_only(tmp_path, monkeypatch):
+    asked = []
+
+    def shared(corpus, *args, **kwargs):
+        asked.append(corpus)
+        return tmp_path / corpus
+
+    def users(name, *args, **kwargs):
+        raise _Prepared(name)
+
+    monkeypatch.setattr(pretrain.corpora, "prepare", shared)
+    monkeypatch.setattr(pretrain.corpora, "prepare_text", users)
+    with pytest.raises(_Prepared, match="mine"):
+        pretrain.main(["--text", str(tmp_path / "my.txt"), "--text-name", "mine", "--results-root", str(tmp_path / "r"),
+                       "--work-root", str(tmp_path / "w"), "--data-root", str(tmp_path / "d")])
+    assert asked == []  # no shared corpus prepared, so none piloted or run
 
 
 def _fake_result(root, corpus, policy, seed, curve, budget=None, compute=None):
@@ -164,17 +183,18 @@ def _fake_result(root, corpus, policy, seed, curve, budget=None, compute=None):
 
 
 def test_finished_runs_are_skipped_and_other_settings_refused(tmp_path, monkeypatch):
-    _fake_result(tmp_path, "linux", "random", 1, [9.0, 8.0, 7.0, 6.0])
-    monkeypatch.setattr(pretrain.subprocess, "Popen", lambda *a, **k: pytest.fail("a finished run was rerun"))
-    settings = pretrain.Settings(budget_updates=40, interaction_updates=10)
-    out = pretrain.run_one("linux", tmp_path, pretrain.POLICIES["random"], 1, settings, tmp_path / "w", tmp_path)
-    assert out == pretrain.result_path(tmp_path, "linux", "random", 1)
-    with pytest.raises(ValueError, match="budget 40 updates, not --budget-updates=80"):
-        pretrain.run_one("linux", tmp_path, pretrain.POLICIES["random"], 1,
-                         pretrain.Settings(budget_updates=80, interaction_updates=10), tmp_path / "w", tmp_path)
-    with pytest.raises(ValueError, match="other settings .*interaction_updates=10"):
-        pretrain.run_one("linux", tmp_path, pretrain.POLICIES["random"], 1,
-                         pretrain.Settings(budget_updates=40, interaction_updates=20), tmp_path / "w", tmp_path)
+    path = _fake_result(tmp_path, "linux", "random", 1, [9.0, 8.0, 7.0, 6.0])  # as committed: no fingerprint
+    monkeypatch.setattr(harness, "_train", lambda *a: pytest.fail("a finished run was rerun"))
+    spec = pretrain.run_spec("linux", tmp_path, pretrain.POLICIES["random"], 1,
+                             pretrain.Settings(budget_updates=40, interaction_updates=10))
+    assert harness.run(spec, tmp_path, tmp_path / "w")["final_val_loss"] == 6.0
+    path.write_text(json.dumps({**json.loads(path.read_text()), "fingerprint": spec.fingerprint(),
+                                "arm_args": list(spec.arm_args)}))
+    assert harness.run(spec, tmp_path, tmp_path / "w")["final_val_loss"] == 6.0
+    for other in (pretrain.Settings(budget_updates=80, interaction_updates=10),
+                  pretrain.Settings(budget_updates=40, interaction_updates=20)):
+        with pytest.raises(ValueError, match="seed1.json was run with other settings .fingerprint"):
+            harness.run(pretrain.run_spec("linux", tmp_path, pretrain.POLICIES["random"], 1, other), tmp_path, tmp_path)
 
 
 def test_compute_accounting_from_fairseq_throughput(tmp_path):
@@ -185,17 +205,19 @@ def test_compute_accounting_from_fairseq_throughput(tmp_path):
         {"epoch": 1, "wps": "12000", "wpb": "2000", "num_updates": "150"},
         {"epoch": 1, "valid_loss": "4.0", "valid_wps": "40000", "valid_wpb": "2000", "valid_num_updates": "100"},
     ]) + "\n")
-    assert pretrain.measured_costs(log) == pytest.approx((0.2, 0.25))  # forward 0.05 s = 1/4 update
+    costs = harness.read_log(log)
+    assert (costs.update_s, costs.forward_cost_updates) == pytest.approx((0.2, 0.25))  # forward 0.05 s = 1/4 update
+    costs = {"update_s": costs.update_s, "forward_cost_updates": costs.forward_cost_updates}
 
     class Decision:
         decision_time_s = 0.1
     settings = pretrain.Settings(budget_updates=1000, interaction_updates=100, eval_batches=12)
-    gp = pretrain.compute_accounting(log, [Decision()] * 9, settings, pretrain.POLICIES["gp-ts-trend"])
+    gp = pretrain.compute_accounting(costs, [Decision()] * 9, settings, pretrain.POLICIES["gp-ts-trend"])
     # 10 passes x 12 batches x 0.25 + 0.9 s / 0.2 s = 30 + 4.5 update-equivalents
     assert gp["reward_update_equivalents"] == pytest.approx(34.5)
     assert gp["charged_update_equivalents"] == pytest.approx(1034.5)
     assert gp["interaction_overhead_share"] == pytest.approx((3 + 0.5) / 100)
-    const = pretrain.compute_accounting(log, [Decision()] * 9, settings, pretrain.POLICIES["constant-0.15"])
+    const = pretrain.compute_accounting(costs, [Decision()] * 9, settings, pretrain.POLICIES["constant-0.15"])
     assert const["charged_update_equivalents"] == 1000
     assert pretrain.charged_compute(gp, pretrain.POLICIES["gp-ts-trend"], 500, 100, 12) == pytest.approx(500 + 6 * 3.5)
 

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
+from benchmarks import harness, pretrain
 
-import pretrain  # noqa: E402
-
-SHARED = REPO.parent / "shared" / "data"
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
 def _task_ready() -> bool:
@@ -29,7 +25,7 @@ def test_pilot_and_every_policy_on_a_user_text(tmp_path, monkeypatch, capsys):
     text = tmp_path / "mine.txt"
     text.write_text("\n".join(lines) + "\n", encoding="utf-8")
     results = tmp_path / "results"
-    argv = ["--corpus", "--text", str(text), "--text-name", "mine", "--seeds", "1",
+    argv = ["--text", str(text), "--text-name", "mine", "--seeds", "1",
             "--pilot-max-updates", "4", "--budget-updates", "2", "--interaction-updates", "1", "--jobs", "2",
             "--data-root", str(tmp_path / "data"), "--work-root", str(tmp_path / "work"), "--results-root", str(results)]
     assert pretrain.main(argv) == 0
@@ -38,16 +34,14 @@ def test_pilot_and_every_policy_on_a_user_text(tmp_path, monkeypatch, capsys):
     assert pilot["u_star"] is None and pilot["budget_updates_suite"] == 4000  # 4 updates never get there
     assert 0 < pilot["previous_token_entropy_bits"] < 8 and pilot["update_s"] > 0 and pilot["forward_cost_updates"] > 0
     assert json.loads((results / "pilot" / "interaction_length.json").read_text())["rows"]
-    trend_ready = pretrain.reward_model_available("trend")
+    progress = capsys.readouterr().out
+    assert f"[{len(pretrain.POLICIES)}/{len(pretrain.POLICIES)}] mine" in progress and "left" in progress
     for name, policy in pretrain.POLICIES.items():
-        path = pretrain.result_path(results, "mine", name, 1)
-        if policy.reward_model and not trend_ready:
-            assert not path.exists() and "deferred" in capsys.readouterr().out
-            continue
-        result = json.loads(path.read_text())
+        result = json.loads(pretrain.result_path(results, "mine", name, 1).read_text())
         assert result["budget_updates"] == 2 and result["corpus"] == "mine" and result["seed"] == 1
         assert [u for u, _ in result["val_curve"]] == [1, 2] and result["final_val_loss"] > 0
         assert "/" not in json.dumps(result["run_info"]["fairseq_args"]).replace("<save>/", "")
+        assert result["exit_code"] == 0 and result["fingerprint"] and result["events"] == {}
         compute = result["compute"]
         assert compute["reward_passes"] == 2 and compute["forward_cost_updates"] > 0
         charged = compute["charged_update_equivalents"]
@@ -56,6 +50,5 @@ def test_pilot_and_every_policy_on_a_user_text(tmp_path, monkeypatch, capsys):
     assert "## Pre-registered criteria (gp-ts-trend)" in text_md and "(c) incomplete" in text_md
     assert (results / "mine" / "report" / "val_loss.png").is_file()
     # resumable: the pilot and every finished run are recognised, nothing trains again
-    monkeypatch.setattr(pretrain.subprocess, "Popen", lambda *a, **k: pytest.fail("a finished run was rerun"))
-    monkeypatch.setattr(pretrain, "reward_model_available", lambda name="trend": False)
+    monkeypatch.setattr(harness, "_train", lambda *a: pytest.fail("a finished run was rerun"))
     assert pretrain.main(argv) == 0

@@ -196,7 +196,7 @@ def test_target_option_and_chosen_interactions(runs_root, tmp_path):
     assert "| random seed 1 | random | 1 | 40 | 8.500 | 30 (0.75) |" in text
     run = load_run(runs_root / "gp-ts-rho" / "seed1")
     assert [i.interaction for i in choose_interactions(run, [1, -1, 3, 7])] == [1, 3]
-    assert [i.interaction for i in choose_interactions(run, None)] == [0, 2, 3]
+    assert [i.interaction for i in choose_interactions(run, None)] == [1, 2, 3]
 
 
 def test_without_reference_runs_there_is_no_target(runs_root, tmp_path):
@@ -385,11 +385,13 @@ def test_report_on_real_fairseq_runs(real_runs, tmp_path, monkeypatch):
         assert _line(drawn["psi.png"], "constant-0.15", panel) == ([0, REAL_BUDGET], [REF[dim]] * 2)
     # rewards per interaction, from the history
     assert _line(drawn["reward.png"], "gp-ts-rho (n=1)") == ([0, 1, 2], [r["reward"] for r in history])
-    # posterior after interactions 0, 1 (middle) and 2 (last): the recorded GP mean over rho
-    for k in (0, 1, 2):
+    # posterior after interactions 1 and 2 (the first is the prior): the recorded GP mean over rho
+    for k in (1, 2):
         post = history[k]["posterior"]
         order = np.argsort([a[0] for a in post["arms"]])
-        xs, ys = _line(drawn[posterior_png], f"after interaction {k} (γ=0.1, λ=0.1)")
+        label = f"posterior mean after interaction {k} (γ=0.1, λ=0.1)"
+        panel = next(n for n, lines in enumerate(drawn[posterior_png]) if any(name == label for name, _, _ in lines))
+        xs, ys = _line(drawn[posterior_png], label, panel)
         assert xs == [post["arms"][i][0] for i in order] and ys == [post["mean"][i] for i in order]
 
     # the table: final losses and updates to reach constant-0.15's final loss, from the log
@@ -402,3 +404,125 @@ def test_report_on_real_fairseq_runs(real_runs, tmp_path, monkeypatch):
     assert f"| gp-ts-rho | 1 | {gp_final:.3f} | {reach} |" in text
     assert f"| constant-0.15 | 1 | {target:.3f} | 20 (1.00) |" in text
     assert f"| gp-ts-rho seed 7 | gp-ts-rho | 7 | 20 | {gp_final:.3f} | {reach} |" in text
+
+
+def _trend_run(prior_sd=1.5, effect=0.01, sd=0.004, count=11):
+    """A gp-ts run over the ρ grid whose first posterior is the prior (flat, ± prior_sd) and
+    whose later ones are an arm effect of size ``effect`` peaking at a moving ρ, ± ``sd``."""
+    from gpts_fairseq.report.history import Interaction, Posterior
+
+    arms = np.array(RHO_ARMS[::-1]).reshape(-1, 1)  # unsorted on purpose
+    inters = []
+    for k in range(count):
+        peak = 0.1 + 0.03 * k
+        mean = np.zeros(len(arms)) if k == 0 else effect * np.exp(-((arms[:, 0] - peak) / 0.1) ** 2)
+        std = np.full(len(arms), prior_sd if k == 0 else sd)
+        psi = {"mask_prob": RHO_ARMS[k % len(RHO_ARMS)], **{n: v for n, v in REF.items() if n != "mask_prob"}}
+        inters.append(Interaction(k, 1, 40 * k, 40 * (k + 1), psi, 8.0, 7.9, 0.01, "gp-ts", 0.05,
+                                  Posterior(("mask_prob",), arms, mean, std, quantity="arm_effect"),
+                                  next_psi={**psi, "mask_prob": peak}))
+    return Run("trend", RunInfo(label="gp-ts-trend", policy="gp-ts", seed=1), inters, [(40, 8.0)])
+
+
+def _capture_figures(monkeypatch):
+    from gpts_fairseq.report import plots
+
+    figures, save = [], plots._save
+
+    def capturing_save(fig, path):
+        figures.append(fig)
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", capturing_save)
+    return figures
+
+
+def test_posterior_ranges_are_set_from_the_data_shown(tmp_path, monkeypatch):
+    """Each posterior curve is drawn on a y range set by its own band, not by the prior of
+    interaction 0 (±1.5 here, 100 times the later curves); the colour scale of the map of
+    interactions × arms spans the largest deviation of a mean from its mean over the arms."""
+    from matplotlib.collections import QuadMesh
+
+    from gpts_fairseq.report.plots import plot_posterior
+
+    run = _trend_run()
+    figures = _capture_figures(monkeypatch)
+    assert plot_posterior(run, tmp_path / "posterior.png", [0, 5, 10]) is not None
+    (fig,) = figures
+    for k in (5, 10):
+        post = run.interactions[k].posterior
+        order = np.argsort(post.arms[:, 0])
+        mean, std = post.mean[order], post.std[order]
+        low, high = float((mean - std).min()), float((mean + std).max())
+        holders = [ax for ax in fig.axes for line in ax.get_lines()
+                   if len(line.get_ydata()) == len(mean) and np.allclose(line.get_ydata(), mean)]
+        assert holders, f"no curve of the posterior mean after interaction {k}"
+        for ax in holders:
+            bottom, top = ax.get_ylim()
+            assert bottom <= low and top >= high, f"interaction {k}: the band leaves the axes"
+            assert top - bottom <= 2 * (high - low), (
+                f"interaction {k}: y range {top - bottom:.3g} for a band of {high - low:.3g}: not set from it")
+    shape = (len(run.interactions), len(RHO_ARMS))
+    meshes = [c for ax in fig.axes for c in ax.collections if isinstance(c, QuadMesh) and c.get_array().shape == shape]
+    assert len(meshes) == 1, "one map of interactions x arms"
+    deviation = max(float(np.abs(i.posterior.mean - i.posterior.mean.mean()).max()) for i in run.interactions)
+    assert meshes[0].get_clim() == pytest.approx((-deviation, deviation))
+
+
+def test_verdict_and_what_each_policy_played_by_hand(runs_root, tmp_path):
+    runs = discover_runs([runs_root])
+    sentences = cli.report_verdict(runs)
+    assert sentences == [
+        "gp-ts-psi reached constant-0.15's final loss (7.600) at update 30 of 40 and ended at 6.500 (-1.100 bits); "
+        "it played ρ ≥ 0.15 in 2 of 4 interactions (mean ρ 0.125).",
+        "gp-ts-rho (mean of 2 seeds) reached constant-0.15's final loss (7.600) at update 30 of 40 and ended at "
+        "7.300 (-0.300 bits); it played ρ ≥ 0.15 in 7 of 8 interactions (mean ρ 0.200).",
+        "random did not reach constant-0.15's final loss (7.600) in 40 updates and ended at 8.500 (+0.900 bits); "
+        "it played ρ ≥ 0.15 in 3 of 4 interactions (mean ρ 0.312).",
+        "By final loss: gp-ts-psi 6.500, gp-ts-rho 7.300, constant-0.15 7.600, random 8.500.",
+    ]
+    # a constant run at another rho raises the bar the played rho is counted against
+    high = make_run(tmp_path / "more", "constant-0.30", "constant", 1, [9.0, 8.0, 7.4, 7.0], [0.3] * 4,
+                    psi={**REF, "mask_prob": 0.3})
+    runs.append(load_run(high))
+    out = tmp_path / "report"
+    cli.write_report(runs, out)
+    text = (out / "summary.md").read_text()
+    for expected in ("it played ρ ≥ 0.30 in 1 of 8 interactions (mean ρ 0.200)",
+                     "constant-0.30 reached constant-0.15's final loss (7.600) at update 30 of 40 and ended at 7.000",
+                     "| constant-0.30 | – | 0.300 (fixed) | all | – |",
+                     "| constant-0.15 | – | 0.150 (fixed) | none | – |"):
+        assert expected in text
+    # rewards: mean over both seeds' interactions, first and last averaged over the seeds
+    gp = [r for r in runs if r.info.label == "gp-ts-rho"]
+    rewards = [[i.reward for i in r.interactions] for r in gp]
+    cell = (f"{np.mean(rewards):+.4f} ({np.mean([r[0] for r in rewards]):+.4f} → "
+            f"{np.mean([r[-1] for r in rewards]):+.4f})")
+    assert f"| gp-ts-rho | 8 | 0.200 (0.10–0.30) | 1 of 8 | {cell} |" in text
+
+
+SUITE_RUN = Path(__file__).resolve().parents[1] / "benchmarks/results/pretrain-prereg/linux/gp-ts-trend/seed1.json"
+
+
+def test_replayed_posteriors_reproduce_the_runs_decisions(tmp_path):
+    """A pre-registered suite run (result JSON, no posteriors kept): replaying its rewards
+    through a bandit built from its fairseq arguments draws every ψ the run drew, so the
+    posteriors are the run's; a history that the bandit would not have produced is refused."""
+    from gpts_fairseq.report.replay import ReplayMismatch, replay_posteriors
+
+    data = json.loads(SUITE_RUN.read_text())
+    run = run_from_result(data, str(SUITE_RUN))
+    assert all(i.posterior is None for i in run.interactions)
+    replayed = replay_posteriors(run)
+    assert [i.next_psi for i in replayed.interactions] == [i.next_psi for i in run.interactions]
+    posts = [i.posterior for i in replayed.interactions]
+    assert len(posts) == len(run.interactions) == 11
+    assert all(p.quantity == "arm_effect" and p.arms.shape == (10, 1) and p.fixed == {
+        "leave_unmasked_prob": 0.1, "random_token_prob": 0.1} for p in posts)
+    assert np.allclose(posts[0].mean, 0.0) and np.ptp(posts[-1].mean) > 0.005  # one reward: no arm effect yet
+    data["interactions"][3]["next_psi"]["mask_prob"] = 0.45
+    with pytest.raises(ReplayMismatch, match="after interaction 3"):
+        replay_posteriors(run_from_result(data, "tampered"))
+    out = tmp_path / "report"
+    assert cli.main([str(SUITE_RUN), "--replay-posteriors", "--out", str(out)]) == 0
+    assert (out / "posterior_gp-ts-trend_seed_1.png").is_file()

@@ -4,15 +4,11 @@ noise, score and paired-probe criteria on planted numbers."""
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import reward_noise as rn  # noqa: E402
+from benchmarks import harness
+from benchmarks import reward_noise as rn
 
 
 def test_second_state_is_the_first_multiple_of_250_below_the_entropy_or_the_limit():
@@ -23,14 +19,15 @@ def test_second_state_is_the_first_multiple_of_250_below_the_entropy_or_the_limi
 
 
 def test_replicate_continues_the_schedule_from_the_state_with_its_own_seed(tmp_path):
-    cmd = rn.replicate_command(tmp_path / "data", tmp_path / "save", tmp_path / "state.pt", 1000, "constant-0.45", 4)
+    spec = rn.replicate_spec(tmp_path / "data", tmp_path / "work" / "state.pt", 1000, "constant-0.45", 4)
+    cmd = spec.command(tmp_path / "save")
     value = {name: cmd[cmd.index(name) + 1] for name in ("--max-update", "--total-num-update", "--seed", "--mask-prob",
                                                           "--restore-file", "--ema-decay")}
     assert value == {"--max-update": "1200", "--total-num-update": "4000", "--seed": "4", "--mask-prob": "0.45",
-                     "--restore-file": str(tmp_path / "state.pt"), "--ema-decay": "0.99"}
+                     "--restore-file": str(tmp_path / "work" / "state.pt"), "--ema-decay": "0.99"}
     assert "--no-save" not in cmd and "--store-ema" in cmd and "--gpts-allow-option-change" in cmd
-    assert rn.portable(cmd[1:], tmp_path / "data", tmp_path / "save", tmp_path)[cmd.index("--restore-file")] == \
-        "<work>/state.pt"
+    places = harness.places_of(spec, tmp_path / "save", tmp_path / "work")
+    assert harness.portable(cmd, places)[cmd.index("--restore-file") + 1] == "<work>/state.pt"
 
 
 def _results(rewards: dict) -> dict:

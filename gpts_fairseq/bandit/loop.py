@@ -79,7 +79,7 @@ class InteractionLoop:
             "fallback": bool(decision_info.get("fallback", False)),
             "posterior_mean": decision_info.get("posterior_mean"),  # at the chosen arm (GP policies)
             "posterior_std": decision_info.get("posterior_std"),
-            "posterior": self._posterior_record(progress, next_psi),
+            "posterior": posterior_record(self.policy, progress, next_psi),
         }
         self.history.append(record)
         self.interaction += 1
@@ -90,25 +90,6 @@ class InteractionLoop:
         else:
             self.reward_span += 1
         return record
-
-    def _posterior_record(self, progress, chosen_psi):
-        """The GP posterior over the candidate arms (a ρ slice through the chosen γ, λ when the
-        space has more dimensions); None for policies without a GP."""
-        result = self.policy.posterior(progress)
-        if result is None:
-            return None
-        arms, mean, std = result
-        dims = list(self.policy.space.dims)
-        fixed = dict(self.policy.space.fixed)
-        if len(dims) > 1 and "mask_prob" in dims:
-            chosen_arm = self.policy.space.arm(chosen_psi.as_dict())
-            rho = dims.index("mask_prob")
-            others = [i for i in range(len(dims)) if i != rho]
-            nearest = int(torch.cdist(arms[:, others], chosen_arm[others].reshape(1, -1)).argmin())
-            fixed.update({dims[i]: float(arms[nearest, i]) for i in others})
-            keep = (arms[:, others] == arms[nearest, others]).all(dim=1)
-            arms, mean, std, dims = arms[keep][:, [rho]], mean[keep], std[keep], ["mask_prob"]
-        return {"dims": dims, "fixed": fixed, "arms": arms.tolist(), "mean": mean.tolist(), "std": std.tolist()}
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -149,6 +130,28 @@ class InteractionLoop:
         self.start_progress = float(state["start_progress"])
         self.start_loss, self.reward_span = state["start_loss"], int(state["reward_span"])
         self.history = [dict(record) for record in state["history"]]
+
+
+def posterior_record(policy: Policy, progress: float, chosen_psi: Psi) -> dict | None:
+    """The history's ``posterior``: the policy's GP posterior over the candidate arms at
+    ``progress`` (a ρ slice through the chosen γ, λ when the space has more dimensions); None
+    for policies without a GP."""
+    result = policy.posterior(progress)
+    if result is None:
+        return None
+    arms, mean, std = result
+    dims = list(policy.space.dims)
+    fixed = dict(policy.space.fixed)
+    if len(dims) > 1 and "mask_prob" in dims:
+        chosen_arm = policy.space.arm(chosen_psi.as_dict())
+        rho = dims.index("mask_prob")
+        others = [i for i in range(len(dims)) if i != rho]
+        nearest = int(torch.cdist(arms[:, others], chosen_arm[others].reshape(1, -1)).argmin())
+        fixed.update({dims[i]: float(arms[nearest, i]) for i in others})
+        keep = (arms[:, others] == arms[nearest, others]).all(dim=1)
+        arms, mean, std, dims = arms[keep][:, [rho]], mean[keep], std[keep], ["mask_prob"]
+    return {"dims": dims, "fixed": fixed, "quantity": policy.posterior_quantity, "arms": arms.tolist(),
+            "mean": mean.tolist(), "std": std.tolist()}
 
 
 def _check_format(state: Mapping):

@@ -149,6 +149,12 @@ class Policy:
         """(arms, mean, std) of the reward over the candidate arms; None for non-GP policies."""
         return None
 
+    @property
+    def posterior_quantity(self) -> str | None:
+        """What ``posterior`` is of: "reward", "arm_effect" (a reward difference between arms,
+        the trend left out), or None without a posterior."""
+        return None
+
     def state_dict(self) -> dict:
         return {"format": STATE_FORMAT, "config": self.config()}
 
@@ -415,6 +421,10 @@ class GPThompsonPolicy(Policy):
         with single_thread():
             mean, variance, shift, scale, _ = self._candidate_posterior(progress, diag=True)
         return self.space.candidates.clone(), mean * scale + shift, variance.clamp_min(0.0).sqrt() * scale
+
+    @property
+    def posterior_quantity(self):
+        return "arm_effect" if self.reward_model == "trend" else "reward"
 
     # -- state --------------------------------------------------------------------------------
 

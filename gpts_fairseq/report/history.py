@@ -39,7 +39,9 @@ RUN_INFO_FILE = "run.json"
 # reward is divided by it); ``note``: what changed when the run was resumed with other options;
 # ``progress``: training progress at ``update``; ``next_psi``: chosen for the next interaction;
 # ``posterior_mean``/``posterior_std``: at the chosen arm, ``posterior``: over the arms (a ρ
-# slice for ψ) after this observation, null for non-GP policies.
+# slice for ψ) after this observation, null for non-GP policies; its ``quantity`` (one of
+# POSTERIOR_QUANTITIES, "reward" when absent) says whether it is of the reward (reward model
+# ``arm``) or of the arm effect alone (``trend``: a reward difference between arms).
 RECORD_FIELDS = {
     "interaction": "count", "epoch": "count or null", "update": "count", "end_update": "count or null",
     "progress": "number or null", "psi": "psi", "prev_val_loss": "number or null", "val_loss": "number or null",
@@ -49,6 +51,7 @@ RECORD_FIELDS = {
     "posterior_std": "number or null", "posterior": "posterior or null",
 }
 REQUIRED_FIELDS = ("interaction", "update", "psi", "val_loss", "reward")
+POSTERIOR_QUANTITIES = ("reward", "arm_effect")
 
 _LOG_PAYLOAD = re.compile(r"(?:^|\|\s*[\w.-]+\s*\|\s*)(?P<payload>\{\".*\})\s*$")
 
@@ -66,6 +69,7 @@ class Posterior:
     mean: np.ndarray  # (n_arms,)
     std: np.ndarray  # (n_arms,)
     fixed: dict[str, float] = field(default_factory=dict)  # the other dims of a slice (e.g. γ, λ)
+    quantity: str = "reward"  # one of POSTERIOR_QUANTITIES
 
 
 @dataclass(frozen=True)
@@ -233,8 +237,12 @@ def _posterior(value: Any, where: str) -> Posterior | None:
     fixed = value.get("fixed") or {}
     if not isinstance(fixed, dict):
         raise RunFormatError(f"{where}: 'posterior.fixed' must be an object name -> value, got {fixed!r}")
+    quantity = value.get("quantity", "reward")
+    if quantity not in POSTERIOR_QUANTITIES:
+        raise RunFormatError(f"{where}: 'posterior.quantity' must be one of {', '.join(POSTERIOR_QUANTITIES)}, "
+                             f"got {quantity!r}")
     return Posterior(dims, arms, mean, std, {k: _number(v, f"posterior.fixed.{k}", where, optional=False)
-                                             for k, v in fixed.items()})
+                                             for k, v in fixed.items()}, quantity)
 
 
 def _check_field(name: str, value: Any, where: str) -> Any:

@@ -25,7 +25,8 @@ def _colours(labels: Sequence[str]) -> dict[str, tuple]:
 
 
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -140,14 +141,22 @@ def plot_val_loss(runs: Sequence[Run], path: Path, target: float | None = None) 
     return _save(fig, path)
 
 
+POSTERIOR_PANELS = 4  # line panels of a 1-D posterior figure, by default
+BAND_SDS = 1.0  # half-width of the posterior band, in posterior standard deviations
+QUANTITY_LABELS = {"reward": "reward", "arm_effect": "arm effect on the reward"}
+
+
 def choose_interactions(run: Run, wanted: Sequence[int] | None) -> list[Interaction]:
-    """Interactions with a posterior: the requested indices (negative from the end), or first/middle/last."""
+    """Interactions with a posterior: the requested indices (negative from the end), or by
+    default up to POSTERIOR_PANELS spread evenly from the second to the last (the first
+    posterior has one observation: it is the prior, flat, with its whole width)."""
     with_post = [i for i in run.interactions if i.posterior is not None]
     if not with_post:
         return []
     if wanted is None:
-        picks = sorted({0, len(with_post) // 2, len(with_post) - 1})
-        return [with_post[k] for k in picks]
+        first = 1 if len(with_post) > 1 else 0
+        picks = np.linspace(first, len(with_post) - 1, min(POSTERIOR_PANELS, len(with_post) - first))
+        return [with_post[k] for k in sorted({int(round(x)) for x in picks})]
     by_index = {i.interaction: i for i in with_post}
     last = run.interactions[-1].interaction
     indices = dict.fromkeys(k if k >= 0 else last + 1 + k for k in wanted)
@@ -166,28 +175,100 @@ def _slice(post: Posterior, at: dict[str, float] | None) -> tuple[np.ndarray, Po
 
 
 def plot_posterior(run: Run, path: Path, wanted: Sequence[int] | None = None) -> Path | None:
-    """GP posterior mean ± std over rho (1-D) or a 2-D slice of psi, at chosen interactions."""
+    """The GP posterior of a run: over ρ (1-D, see :func:`_plot_posterior_1d`) or a 2-D slice
+    of ψ (mean and std per arm, one colour scale per panel), at chosen interactions."""
     chosen = choose_interactions(run, wanted)
     if not chosen:
         return None
+    if len(chosen[0].posterior.dims) == 1:
+        return _save(_plot_posterior_1d(run, chosen), path)
+    return _save(_plot_posterior_2d(run, chosen), path)
+
+
+def _sorted_1d(post: Posterior) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    order = np.argsort(post.arms[:, 0])
+    return post.arms[order, 0], post.mean[order], post.std[order]
+
+
+def _fixed_note(post: Posterior) -> str:
+    return ", ".join(f"{DIM_LABELS.get(k, k).split()[0]}={v:g}" for k, v in post.fixed.items())
+
+
+def _plot_posterior_1d(run: Run, chosen: Sequence[Interaction]):
+    """Left: interactions × arms, the posterior mean after each interaction minus its mean over
+    the arms (one colour scale, symmetric, from the largest deviation shown), its highest arm
+    (◆), the arm played in that interaction (○, its reward at the right) and the arm drawn
+    for the next (▲). Right:
+    the posterior at the chosen interactions, mean ± BAND_SDS sd, each panel on its own y
+    range (from the band it shows), the arms played so far as ticks with their counts."""
+    rows = [i for i in run.interactions if i.posterior is not None]
+    dim = rows[0].posterior.dims[0]
+    quantity = QUANTITY_LABELS[rows[0].posterior.quantity]
+    fig = plt.figure(figsize=(12, 1.4 + 2.6 * max(2, (len(chosen) + 1) // 2)), layout="constrained")
+    grid = fig.add_gridspec(max(2, (len(chosen) + 1) // 2), 3, width_ratios=[1.25, 1, 1])
+    heat = fig.add_subplot(grid[:, 0])
+    # cells: one row per interaction, columns centred on the arms (assumed on one shared grid)
+    xs = _sorted_1d(rows[0].posterior)[0]
+    deviations = np.array([m - m.mean() for m in (_sorted_1d(i.posterior)[1] for i in rows)])
+    limit = float(np.abs(deviations).max()) or 1.0
+    edges = np.concatenate([[xs[0] - (xs[1] - xs[0]) / 2 if len(xs) > 1 else xs[0] - 0.025],
+                            (xs[1:] + xs[:-1]) / 2, [xs[-1] + (xs[-1] - xs[-2]) / 2 if len(xs) > 1 else xs[0] + 0.025]])
+    ks = np.array([i.interaction for i in rows])
+    mesh = heat.pcolormesh(edges, np.concatenate([ks - 0.5, [ks[-1] + 0.5]]), deviations, cmap="RdBu_r",
+                           vmin=-limit, vmax=limit, shading="flat")
+    bar = fig.colorbar(mesh, ax=heat, orientation="horizontal", fraction=0.04, pad=0.09, aspect=30)
+    bar.set_label(f"posterior mean − its mean over the arms ({quantity})", fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+    heat.scatter(xs[deviations.argmax(axis=1)], ks, s=30, marker="D", color="gold", edgecolors="k", lw=0.5,
+                 label="highest posterior mean")
+    played = [i.psi.get(dim, np.nan) for i in rows]
+    heat.scatter(played, ks, s=28, facecolors="none", edgecolors="k", lw=1.2, label="played in this interaction")
+    nexts = [(i.next_psi or {}).get(dim, np.nan) for i in rows]
+    heat.scatter(nexts, ks, s=16, marker="^", color="k", label="drawn for the next one")
+    for i in rows if len(rows) <= 40 else rows[:: len(rows) // 20 + 1]:
+        if i.reward is not None:
+            heat.annotate(f"{i.reward:+.4f}", (1.01, i.interaction), xycoords=("axes fraction", "data"),
+                          va="center", fontsize=6)
+    heat.annotate("reward", (1.01, 1.0), xycoords="axes fraction", va="bottom", fontsize=6)
+    heat.set_ylim(ks[-1] + 0.5, ks[0] - 0.5)
+    heat.yaxis.get_major_locator().set_params(integer=True)
+    heat.set_xlabel(DIM_LABELS.get(dim, dim), fontsize=8)
+    heat.set_ylabel("posterior after interaction", fontsize=8)
+    heat.tick_params(labelsize=7)
+    heat.legend(fontsize=6, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
+    for n, inter in enumerate(chosen):
+        ax = fig.add_subplot(grid[n // 2, 1 + n % 2])
+        x, m, sd = _sorted_1d(inter.posterior)
+        low, high = m - BAND_SDS * sd, m + BAND_SDS * sd
+        fixed = _fixed_note(inter.posterior)
+        ax.plot(x, m, color="C0", lw=1.6,
+                label=f"posterior mean after interaction {inter.interaction}" + (f" ({fixed})" if fixed else ""))
+        ax.fill_between(x, low, high, color="C0", alpha=0.2, label=f"± {BAND_SDS:g} sd")
+        span = float(high.max() - low.min()) or 1e-9
+        bottom, top = float(low.min()) - 0.18 * span, float(high.max()) + 0.06 * span
+        ax.set_ylim(bottom, top)
+        so_far = [i.psi.get(dim) for i in run.interactions if i.interaction <= inter.interaction]
+        values, counts = np.unique([v for v in so_far if v is not None], return_counts=True)
+        ax.plot(values, np.full(len(values), bottom + 0.06 * span), "|", color="k", ms=9,
+                label="arms played so far (count)")
+        for v, c in zip(values, counts):
+            ax.annotate(str(c), (v, bottom + 0.11 * span), ha="center", fontsize=6)
+        if inter.next_psi and dim in inter.next_psi:
+            ax.plot([inter.next_psi[dim]], [np.interp(inter.next_psi[dim], x, m)], "^", color="C3", ms=6,
+                    label="drawn for the next interaction")
+        ax.set_title(f"after interaction {inter.interaction} (update {inter.end_update})", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel(DIM_LABELS.get(dim, dim), fontsize=7)
+        if n == 0:
+            handles, labels = ax.get_legend_handles_labels()
+            labels[0] = "posterior mean" + (f" ({fixed})" if fixed else "")
+            fig.legend(handles, labels, loc="outside lower right", ncol=4, fontsize=7, frameon=False)
+    fig.suptitle(f"GP posterior of the {quantity} — {run_display_name(run)}", fontsize=10)
+    return fig
+
+
+def _plot_posterior_2d(run: Run, chosen: Sequence[Interaction]):
     dims = chosen[0].posterior.dims
-    if len(dims) == 1:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        cmap = plt.get_cmap("viridis")
-        for k, inter in enumerate(chosen):
-            post = inter.posterior
-            order = np.argsort(post.arms[:, 0])
-            x, m, s = post.arms[order, 0], post.mean[order], post.std[order]
-            colour = cmap(k / max(1, len(chosen) - 1))
-            fixed = ", ".join(f"{DIM_LABELS.get(k, k).split()[0]}={v:g}" for k, v in post.fixed.items())
-            ax.plot(x, m, color=colour, lw=1.6,
-                    label=f"after interaction {inter.interaction}" + (f" ({fixed})" if fixed else ""))
-            ax.fill_between(x, m - s, m + s, color=colour, alpha=0.18)
-        ax.set_xlabel(DIM_LABELS.get(dims[0], dims[0]))
-        ax.set_ylabel("GP posterior of the reward")
-        ax.legend(fontsize=7)
-        ax.set_title(f"GP posterior mean ± std — {run_display_name(run)}", fontsize=9)
-        return _save(fig, path)
     fig, axes = plt.subplots(2, len(chosen), figsize=(3.6 * len(chosen), 6.2), squeeze=False)
     for col, inter in enumerate(chosen):
         _, post = _slice(inter.posterior, inter.psi)
@@ -199,6 +280,7 @@ def plot_posterior(run: Run, path: Path, wanted: Sequence[int] | None = None) ->
             ax.set_xlabel(DIM_LABELS.get(dims[0], dims[0]), fontsize=7)
             ax.set_ylabel(DIM_LABELS.get(dims[1], dims[1]), fontsize=7)
     fixed = ", ".join(dims[2:])
-    fig.suptitle(f"GP posterior — {run_display_name(run)}" + (f" (slice: {fixed} at the chosen arm)" if fixed else ""),
-                 fontsize=9)
-    return _save(fig, path)
+    quantity = QUANTITY_LABELS[chosen[0].posterior.quantity]
+    fig.suptitle(f"GP posterior of the {quantity} — {run_display_name(run)}"
+                 + (f" (slice: {fixed} at the chosen arm)" if fixed else ""), fontsize=9)
+    return fig

@@ -13,6 +13,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Sequence
 
+from ..psi_names import FAIRSEQ_DEFAULT_PSI
 from .history import Run
 
 
@@ -176,3 +177,81 @@ def label_table(runs: Sequence[Run], target: float | None, budget: int | None = 
 
 def _signed(x: float) -> str:
     return f"{x:+.3f}"
+
+
+def played_rhos(run: Run) -> list[float]:
+    """ρ of every interaction the run trained with, in order (see ``Run.psi_sequence``)."""
+    return [seg["psi"]["mask_prob"] for seg in run.psi_sequence if "mask_prob" in seg["psi"]]
+
+
+def rho_threshold(runs: Sequence[Run]) -> float:
+    """The ρ a played ρ is compared with: the largest ρ of a constant run other than the
+    reference (0.15), else the reference's."""
+    constants = [r.info.psi["mask_prob"] for r in runs
+                 if r.info.policy == "constant" and r.info.psi and "mask_prob" in r.info.psi]
+    return max([FAIRSEQ_DEFAULT_PSI["mask_prob"], *constants])
+
+
+def played_table(runs: Sequence[Run]) -> str:
+    """Markdown: per label, the ρ played (over all its runs' interactions) and the rewards."""
+    threshold = rho_threshold(runs)
+    rows = [f"| policy | interactions | ρ played: mean (min–max) | ρ ≥ {threshold:.2f} in | "
+            "reward: mean (first → last) |", "|---|---:|---:|---:|---:|"]
+    for label, members in group_by_label(runs).items():
+        rhos = [rho for run in members for rho in played_rhos(run)]
+        if all(run.info.policy == "constant" for run in members) and len(set(rhos)) == 1:
+            rows.append(f"| {label} | – | {rhos[0]:.3f} (fixed) | {'all' if rhos[0] >= threshold - 1e-9 else 'none'} "
+                        "| – |")
+            continue
+        rewards = [[i.reward for i in run.interactions if i.reward is not None] for run in members]
+        flat = [r for rs in rewards for r in rs]
+        reward_cell = "–" if not flat else (
+            f"{statistics.fmean(flat):+.4f} ({statistics.fmean(rs[0] for rs in rewards if rs):+.4f} → "
+            f"{statistics.fmean(rs[-1] for rs in rewards if rs):+.4f})")
+        rho_cell = "–" if not rhos else f"{statistics.fmean(rhos):.3f} ({min(rhos):.2f}–{max(rhos):.2f})"
+        high = sum(rho >= threshold - 1e-9 for rho in rhos)
+        rows.append(f"| {label} | {len(rhos)} | {rho_cell} | {f'{high} of {len(rhos)}' if rhos else '–'} | "
+                    f"{reward_cell} |")
+    return "\n".join(rows)
+
+
+def reference_label(runs: Sequence[Run]) -> str | None:
+    """The label of the constant ρ=0.15 runs (the first such), if any."""
+    return next((r.info.label for r in runs if r.is_reference_constant()), None)
+
+
+def verdict(runs: Sequence[Run], target: float | None, budget: int | None = None,
+            target_name: str = "the target loss", reference: str | None = None) -> list[str]:
+    """Sentences that say what happened: per policy other than ``reference`` (a label),
+    whether and when (seed-mean curve) it reached ``target``, its final loss against the
+    target, and how often it played a ρ ≥ :func:`rho_threshold`; then the policies by final loss."""
+    budget = budget if budget is not None else budget_of(runs)
+    groups = group_by_label(runs)
+    named = target_name
+    threshold = rho_threshold(runs)
+    sentences = []
+    summaries = {label: summarise_label(label, members, target, budget) for label, members in groups.items()}
+    for label, s in summaries.items():
+        if label == reference or s.final_mean is None:
+            continue
+        seeds = f" (mean of {s.runs} seeds)" if s.runs > 1 else ""
+        parts = []
+        if target is not None:
+            reached = (f"reached {named} ({target:.3f}) at update {s.updates_to_target} of {budget}"
+                       if s.updates_to_target is not None
+                       else f"did not reach {named} ({target:.3f}) in {budget} updates")
+            parts.append(f"{label}{seeds} {reached} and ended at {s.final_mean:.3f} "
+                         f"({s.final_mean - target:+.3f} bits)")
+        else:
+            parts.append(f"{label}{seeds} ended at {s.final_mean:.3f}")
+        rhos = [rho for run in groups[label] for rho in played_rhos(run)]
+        if len(set(rhos)) > 1:
+            high = sum(rho >= threshold - 1e-9 for rho in rhos)
+            parts.append(f"it played ρ ≥ {threshold:.2f} in {high} of {len(rhos)} interactions "
+                         f"(mean ρ {statistics.fmean(rhos):.3f})")
+        sentences.append("; ".join(parts) + ".")
+    ranked = sorted((s.final_mean, label) for label, s in summaries.items() if s.final_mean is not None)
+    if len(ranked) > 1:
+        sentences.append("By final loss: " + ", ".join(f"{label} {loss:.3f}" for loss, label in ranked) + ".")
+    return sentences
+

@@ -11,6 +11,8 @@ import os
 import torch
 
 SUBSET_DIR = "subset"
+DAMAGED = ("restore it from a copy; or move it away and resume with --reset-dataloader (the epoch's selection is "
+           "then made again from the current model, so the run differs from the original)")
 
 
 def subset_hash(indices: torch.Tensor) -> str:
@@ -41,12 +43,17 @@ def save_subset(save_dir: str, epoch: int, indices: torch.Tensor, info: dict) ->
 
 
 def load_subset(save_dir: str, epoch: int) -> dict | None:
-    """The stored selection of ``epoch`` (its hash checked against its content), or None."""
+    """The stored selection of ``epoch`` (its hash checked against its content), or None; a
+    ValueError naming the file and what to do when it cannot be read."""
     path = subset_path(save_dir, epoch)
     if not os.path.exists(path):
         return None
-    record = torch.load(path, weights_only=True)
-    if subset_hash(record["indices"]) != record["hash"]:
-        raise ValueError(f"{path} is corrupt: its indices do not match its hash; delete it to select again "
-                         f"(the run will then differ from the original)")
+    try:
+        record = torch.load(path, weights_only=True)
+        intact = subset_hash(record["indices"]) == record["hash"]
+    except Exception as error:  # torch reports a truncated file as RuntimeError, others as EOFError, KeyError...
+        reason = str(error).split(". ")[0] or type(error).__name__  # torch goes on about "your checkpoint"
+        raise ValueError(f"{path} cannot be read as a subset selection ({reason}): {DAMAGED}") from None
+    if not intact:
+        raise ValueError(f"{path} is corrupt: its indices do not match its hash: {DAMAGED}")
     return record

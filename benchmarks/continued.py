@@ -1,0 +1,220 @@
+"""Continued pre-training with GP-TS: arms, protocol and scoring of
+docs/experiments/continued-pretraining.md (pre-registered), on the experiment harness.
+
+A warm start trained on one corpus continues on the other (wikitext-2 -> linux, linux ->
+wikitext-2); both corpora are binarized with one character dictionary (the union of theirs).
+
+    python -m benchmarks.continued --warm-starts-only   # the two warm starts (resumable)
+    python -m benchmarks.continued --jobs 1             # warm starts, pilots, then the 70 runs (resumable)
+    python -m benchmarks.continued --summary-only       # criteria and tables from the results
+
+Results: ``benchmarks/results/continued/<direction>/<policy>/seed<k>.json`` (the harness' schema
+plus ``charged``, the suite's compute accounting), pilots as ``<direction>/pilot/seed0.json``,
+``warm-starts/<corpus>.json`` and ``summary.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import statistics
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+from benchmarks import corpora, harness, past_plateau, pretrain
+from benchmarks.past_plateau import Verdict
+from gpts_fairseq.report.history import load_run
+
+RESULTS = past_plateau.RESULTS_ROOT / "continued"
+DIRECTIONS = {"wikitext-2-to-linux": ("wikitext-2", "linux"), "linux-to-wikitext-2": ("linux", "wikitext-2")}
+SEEDS = (1, 2, 3, 4, 5)
+PILOT_SEED = 0
+BUDGET = 2400
+LONG_BUDGET = 4800  # a direction whose pilot is below the target's entropy for < PLATEAU_SHARE
+PLATEAU_SHARE = 0.5
+SETTINGS = pretrain.Settings(budget_updates=BUDGET, interaction_updates=200)
+THREE_ARMS = ("--gpts-arm-bounds", "0.15,0.45", "--gpts-arm-step", "0.15")
+POLICIES = {name: pretrain.POLICIES[name] for name in pretrain.POLICIES if name != "gp-ts-rho"}
+POLICIES["gp-ts-trend-3arm"] = pretrain.Policy("gp-ts-trend-3arm", "gp-ts", arms="rho", reward_model="trend")
+SCORED = (pretrain.SCORED_POLICY, "gp-ts-trend-3arm")
+RANDOM_SHARE = pretrain.PAIRS_TO_BEAT_RANDOM / 9  # criterion (c): the suite's 7 of 9, as a share
+
+
+def joint_data_dir(corpus: str, corpora_names: Sequence[str] = ("wikitext-2", "linux")) -> Path:
+    """``corpus`` binarized with the union of ``corpora_names``' character dictionaries (counts
+    summed), so a model of any of them loads on the others; its train.tok kept for the entropy."""
+    prepared = {name: corpora.prepare(name, tokenizer="char") for name in corpora_names}
+    counts: dict[str, int] = {}
+    for name in corpora_names:
+        for line in (prepared[name] / "dict.txt").read_text(encoding="utf-8").splitlines():
+            symbol, count = line.rsplit(" ", 1)
+            counts[symbol] = counts.get(symbol, 0) + int(count)
+    joint = "".join(f"{s} {c}\n" for s, c in sorted(counts.items(), key=lambda sc: (-sc[1], sc[0])))
+    key = hashlib.sha256((joint + corpus).encode()).hexdigest()[:10]
+    dest = corpora.DEFAULT_DATA_ROOT / f"{corpus}-char-joint-{key}"
+    if (dest / "prepared.json").exists():
+        return dest
+    staging = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    (staging / "joint_dict.txt").write_text(joint, encoding="utf-8")
+    source = prepared[corpus]
+    for split in ("train.tok", "valid.tok"):
+        shutil.copyfile(source / split, staging / split)
+    done = subprocess.run([str(Path(sys.executable).with_name("fairseq-preprocess")), "--only-source",
+                           "--srcdict", str(staging / "joint_dict.txt"),
+                           "--trainpref", str(staging / "train.tok"), "--validpref", str(staging / "valid.tok"),
+                           "--destdir", str(staging), "--dataset-impl", "mmap", "--workers", "1"],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"fairseq-preprocess failed for {dest}:\n{done.stderr[-3000:]}")
+    shutil.copyfile(source / "prepared.json", staging / "prepared.json")
+    shutil.rmtree(dest, ignore_errors=True)
+    staging.rename(dest)
+    return dest
+
+
+def warm_start(corpus: str) -> harness.WarmStart:
+    """The shared warm start of a source corpus (on its joint-dictionary data), its record
+    copied to the results."""
+    warm = past_plateau.warm_start(corpus, joint_data_dir(corpus))
+    harness.write_json(RESULTS / "warm-starts" / f"{corpus}.json",
+                       json.loads((warm.checkpoint.parent / "warm_start.json").read_text()))
+    print(f"warm start {corpus}: update {warm.update}, {warm.loss:.3f} bits "
+          f"(entropy {warm.entropy_bits:.3f} - {warm.margin_bits})", flush=True)
+    return warm
+
+
+def spec(direction: str, policy: pretrain.Policy, seed: int, budget: int, warm: harness.WarmStart,
+         arm: str | None = None) -> harness.RunSpec:
+    """One continued run: the suite's run (``pretrain.run_spec``) on the target corpus, from the
+    source's warm start."""
+    made = pretrain.run_spec(direction, joint_data_dir(DIRECTIONS[direction][1]), policy, seed,
+                             replace(SETTINGS, budget_updates=budget))
+    extra = THREE_ARMS if policy.name == "gp-ts-trend-3arm" else ()
+    return replace(made, arm=arm or policy.name, arm_args=(*made.arm_args, *extra), warm_start=warm)
+
+
+def charged(save_dir: Path, result: dict) -> dict:
+    """The harness' ``finish``: the suite's compute accounting (``pretrain.compute_accounting``)."""
+    policy = POLICIES.get(result["arm"], POLICIES[pretrain.REFERENCE_POLICY])
+    settings = replace(SETTINGS, budget_updates=result["budget_updates"])
+    return {"charged": pretrain.compute_accounting(result["compute"], load_run(save_dir).interactions, settings,
+                                                   policy)}
+
+
+def budget_of(direction: str, warm: harness.WarmStart) -> int:
+    """The pilot (seed 0, constant-0.15, U = BUDGET) decides the direction's budget."""
+    pilot = harness.run(spec(direction, POLICIES[pretrain.REFERENCE_POLICY], PILOT_SEED, BUDGET, warm, arm="pilot"),
+                        RESULTS, past_plateau.RUNS_ROOT / "work", finish=charged)
+    share = harness.passed_previous_token_entropy(pilot["val_curve"], entropy(direction), BUDGET)
+    return BUDGET if share >= PLATEAU_SHARE else LONG_BUDGET
+
+
+def entropy(direction: str) -> float:
+    return harness.corpus_entropy(str(joint_data_dir(DIRECTIONS[direction][1])))
+
+
+# -- scoring: the masking suite's criteria (pretrain.py) over the directions ---------------------
+
+
+def final(result: dict) -> float:
+    return statistics.fmean(x for _, x in result["val_curve"][-pretrain.FINAL_VALIDATIONS:])
+
+
+def _seed_mean_curve(results: Sequence[dict]) -> list[tuple[int, float]]:
+    curves = [dict(r["val_curve"]) for r in results]
+    shared = sorted(set.intersection(*(set(c) for c in curves)))
+    return [(u, statistics.fmean(c[u] for c in curves)) for u in shared]
+
+
+def score(results: Sequence[dict], policy: str, entropies: dict[str, float],
+          seeds: Sequence[int] = SEEDS) -> list[Verdict]:
+    """(a), (b), (c) of docs/experiments/continued-pretraining.md for ``policy``
+    (``entropies``: each direction's target entropy, bits)."""
+    failing = past_plateau.below_share_failures([r for r in results if r["arm"] != "pilot"], entropies, PLATEAU_SHARE)
+    if failing:
+        why = f"below the target's entropy for < {PLATEAU_SHARE:.0%} of the budget: {', '.join(failing)}"
+        return [Verdict(n, "NOT SCOREABLE", why) for n in "abc"]
+    by = {(r["corpus"], r["arm"], r["seed"]): r for r in results}
+    wanted = len(DIRECTIONS) * len(seeds)
+    passed, notes, gaps, wins, pairs = 0, [], [], 0, 0
+    for direction in DIRECTIONS:
+        mine = [by.get((direction, policy, s)) for s in seeds]
+        ref = [by.get((direction, pretrain.REFERENCE_POLICY, s)) for s in seeds]
+        if all(mine) and all(ref):
+            target = statistics.fmean(final(r) for r in ref)
+            reached = next((u for u, x in _seed_mean_curve(mine) if x <= target), None)
+            budget = ref[0]["budget_updates"]
+            spent = None if reached is None else statistics.fmean(pretrain.charged_compute(
+                r["charged"], POLICIES[policy], reached, SETTINGS.interaction_updates, SETTINGS.eval_batches)
+                for r in mine)
+            passed += spent is not None and spent <= pretrain.COMPUTE_SHARE * budget
+            notes.append(f"{direction}: " + ("target not reached" if spent is None else f"{spent / budget:.2f} of "
+                                             f"constant-0.15's compute (update {reached} of {budget})"))
+        fixed = {name: [by.get((direction, name, s)) for s in seeds] for name in pretrain.FIXED_RHO}
+        fixed = {name: rs for name, rs in fixed.items() if all(rs)}
+        best = min(fixed, key=lambda name: statistics.fmean(final(r) for r in fixed[name])) if fixed else None
+        for s in seeds:
+            r = by.get((direction, policy, s))
+            if r and best:
+                gaps.append(final(r) - final(by[(direction, best, s)]))
+            if r and (direction, "random", s) in by:
+                pairs += 1
+                wins += final(r) < final(by[(direction, "random", s)])
+    complete_a = len(notes) == len(DIRECTIONS)
+    a = Verdict("a", ("PASS" if passed == len(DIRECTIONS) else "FAIL") if complete_a else "incomplete",
+                f"≤ {pretrain.COMPUTE_SHARE:.0%} of the compute on {passed} of {len(notes)} complete directions "
+                f"(need {len(DIRECTIONS)}) — " + "; ".join(notes))
+    b = past_plateau.bound_verdict("b", gaps, pretrain.BOUND_LEVEL, pretrain.BOUND_BITS, wanted, strict=False,
+                                   what="gap to the best fixed rho, bits")
+    need = math.ceil(RANDOM_SHARE * wanted - 1e-9)
+    c = Verdict("c", "incomplete" if pairs < wanted else ("PASS" if wins >= need else "FAIL"),
+                f"lower final loss than random on {wins} of {pairs} same-seed pairs (need ≥ {need} of {wanted})")
+    return [a, b, c]
+
+
+def write_summary() -> Path:
+    results = [r for d in DIRECTIONS for r in harness.load_results(RESULTS, d)]
+    lines = ["# Continued pre-training with GP-TS", "",
+             "Protocol and criteria: docs/experiments/continued-pretraining.md (fixed before any run). "
+             "Final loss: mean of the last 3 reference validations, bits.", ""]
+    entropies = {d: entropy(d) for d in DIRECTIONS}
+    for policy in SCORED:
+        lines += [f"## {policy}", "", *(v.line() for v in score(results, policy, entropies)), ""]
+    lines += ["## Final losses", "", "| direction | policy | runs | final (bits) | charged compute (update-eq.) |",
+              "|---|---|---:|---:|---:|"]
+    for direction in DIRECTIONS:
+        for name in POLICIES:
+            mine = [r for r in results if r["corpus"] == direction and r["arm"] == name]
+            if mine:
+                finals = [final(r) for r in mine]
+                spread = f" ± {statistics.stdev(finals):.4f}" if len(finals) > 1 else ""
+                lines.append(f"| {direction} | {name} | {len(mine)} | {statistics.fmean(finals):.4f}{spread} | "
+                             f"{statistics.fmean(r['charged']['charged_update_equivalents'] for r in mine):.0f} |")
+    return past_plateau.write_summary(RESULTS, lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = past_plateau.parse_args(__doc__, argv, ("--warm-starts-only", "train (or find) the warm starts and stop"),
+                                   corpora=False)
+    if not args.summary_only:
+        warm = {source: warm_start(source) for source, _ in DIRECTIONS.values()}
+        if args.warm_starts_only:
+            return 0
+        budgets = {d: budget_of(d, warm[source]) for d, (source, _) in DIRECTIONS.items()}
+        # seed-major: complete same-seed blocks arrive first
+        specs = [spec(d, policy, seed, budgets[d], warm[DIRECTIONS[d][0]])
+                 for seed in SEEDS for d in DIRECTIONS for policy in POLICIES.values()]
+        harness.run_suite(specs, RESULTS, past_plateau.RUNS_ROOT / "work", jobs=args.jobs, finish=charged)
+    print(write_summary().read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

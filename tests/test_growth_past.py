@@ -1,0 +1,47 @@
+"""benchmarks/growth_past.py's scoring on synthetic results in the harness' schema: targets,
+FLOPs ratios, G1 and G2, a compound run that never reaches a target."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import growth_past
+
+H = 3.5  # every corpus' entropy in these results
+
+
+def _result(corpus, arm, seed, final, budget, start, every=100):
+    """A run whose loss falls linearly from ``start`` to ``final``."""
+    curve = [[u, start + (final - start) * u / budget] for u in range(every, budget + 1, every)]
+    return {"corpus": corpus, "arm": arm, "seed": seed, "budget_updates": budget, "val_curve": curve}
+
+
+def _growth(compound_speedup, stall=False):
+    """Fixed runs fall to 3.0 and cross H at 40 % of the budget; compound reaches every loss
+    at ``compound_speedup`` of fixed's FLOPs."""
+    results = []
+    flops_per_update = 1.0
+    for corpus in ("wikitext-2", "linux"):
+        for seed in growth_past.SEEDS:
+            fixed = _result(corpus, "fixed", seed, 3.0 + 0.01 * seed, budget=2000, start=3.8)
+            fixed["curve"] = [{"update": u, "loss": x, "flops": u * flops_per_update, "train_wall_s": u}
+                              for u, x in fixed["val_curve"]]
+            compound = dict(fixed, arm="compound",
+                            curve=[dict(p, flops=p["flops"] * compound_speedup) for p in fixed["curve"]])
+            if stall and seed == 1:
+                compound["curve"] = [dict(p, loss=4.0) for p in compound["curve"]]
+            results += [fixed, compound]
+    return results
+
+
+def test_growth_targets_and_criteria():
+    fixed = _growth(0.5)[0]
+    first = dict(fixed["val_curve"])
+    assert growth_past.targets(fixed)[0] == pytest.approx((first[900] + first[1000] + first[1100]) / 3)
+    entropy = {"wikitext-2": H, "linux": H}
+    g1, g2 = growth_past.score(_growth(0.5), entropy)
+    assert (g1.status, g2.status) == ("PASS", "PASS")
+    g1, g2 = growth_past.score(_growth(0.9), entropy)
+    assert g1.status == "FAIL"
+    g1, g2 = growth_past.score(_growth(0.5, stall=True), entropy)
+    assert (g1.status, g2.status) == ("FAIL", "FAIL")
