@@ -1,11 +1,5 @@
-"""Split, tokenize and binarize the three benchmark corpora for fairseq.
-
-The corpora live read-only in ``<repo>/../shared/data`` (see its README). Each is split the way
-that README suggests, tokenized with one deterministic word-level rule (identifiers and words
-are tokens, every other non-space character is a token, ``<unk>`` stays one token), and
-binarized with ``fairseq-preprocess --only-source`` under a cache directory outside the repo.
-A finished corpus is recognised by its ``prepared.json`` and never rebuilt, so calling
-:func:`prepare` again is free.
+"""Split, tokenize and binarize the three benchmark corpora (``<repo>/../shared/data``) for
+fairseq, under a cache directory outside the repo; a corpus with its ``prepared.json`` is reused.
 
     python benchmarks/corpora.py --corpus wikitext-2 linux war-and-peace
 """

@@ -1,21 +1,9 @@
 """Do short fairseq-train runs exit with code 0? Counts exit codes of many short trainings.
 
-Why: 4 of the pre-training comparison's 81 runs (``benchmarks/results/pretrain``, exit_code -6)
-finished training and validation, then aborted at interpreter exit with "terminate called without
-an active exception". A job scheduler counts that as a failure.
-
-Protocol (fixed before the runs):
-- each run is the pre-training benchmark's set-up, shortened: tiny RoBERTa (2 layers, 128 wide),
-  16 x 128 characters of war-and-peace per update, ``--updates`` (40) updates, validation every
-  20 updates on the first 12 batches (``--max-valid-steps 11``, as the benchmark), one thread,
-  ``--no-save``; runs go ``--jobs`` (2) at a time, so two share the 2 cores as in the benchmark;
-- variants: ``constant`` and ``gp-ts`` (gpts_mlm), ``masked_lm`` (fairseq's own task: the
-  control), and the same with ``--num-workers 1``: ``--variants`` picks them, ``--runs`` is the
-  total, spread round-robin;
-- each run records its exit code, the tail of its output, and (from an ``atexit`` probe installed
-  before fairseq is imported, so it runs after every other exit handler) which threads were
-  still alive at exit and what each was doing;
-- pass: every gpts_mlm run exits 0 (30 runs: 30 x 0).
+Protocol and verdict: docs/experiments/exit-stress.md (pre-registered text: ``git show
+392b41a:benchmarks/exit_stress.py``). Each run is the pre-training set-up shortened (``MODEL``),
+in a child process with an ``atexit`` probe that lists the threads alive at exit; ``VARIANTS``
+spread round-robin. Pass: every gpts_mlm run exits 0.
 
     python -m benchmarks.exit_stress --runs 30 --jobs 2                 # table; results/exit_stress.json
     python -m benchmarks.exit_stress --runs 60 --variants masked_lm --out /tmp/control.json

@@ -1,42 +1,12 @@
 """Does progressive growth (CompoundGrow) reach a fixed model's loss with fewer FLOPs?
 
-Pre-registered before any run (protocol, metric and pass criteria are not re-tuned after):
-
-- Target model: ``gpts_roberta_grow_tiny`` (4 layers x 128 wide, 4 heads, FFN 512, post-LN as
-  RoBERTa), rows of 128 characters (``benchmarks/corpora.py``, char tokens), batch 16, Adam
-  (0.9, 0.98), lr 2e-3, 10% warmup then linear decay to the arm's last update, weight decay
-  0.01, clip 1.0, no dropout; masking ρ = 0.15, γ = λ = 0.1 (``--task gpts_mlm``, constant).
-- Arms, all with the same training FLOPs budget B = 400 updates of the full model (counted
-  with ``gpts_fairseq.growth.flops.update_flops``, expected masked count):
-  ``fixed`` (the full model throughout); ``compound`` (layers=2, ffn=128, tokens=64 first);
-  ``depth`` (layers=2 first); ``width`` (ffn=128 first). A growth arm spends the first half
-  of B in its small stage (rounded to a multiple of the validation interval), then grows to the full model (stacking, width noise 0.01, Adam
-  state carried, LR re-warm over 20 updates) and trains until B is spent. So growth arms make
-  more updates than ``fixed`` (the same tokens per update).
-- Validation every 20 updates on the first 12 validation batches at the reference masking
-  (the same masks every time), bits per masked token. Growth happens at a multiple of 20,
-  so the loss just before and just after it is logged too.
-- 3 corpora (wikitext-2, linux, war-and-peace) x 3 seeds, one thread per run.
-- Metric per corpus and seed: the fixed arm's final validation loss is the target; for every
-  arm the training FLOPs, and the single-thread training wall-clock (fairseq's ``train_wall``
-  summed, validation excluded), at its first validation at or below the target; ``null`` if
-  it never gets there. Ratios are to the fixed arm's own FLOPs/time to the target (the same
-  seed). The load average is recorded with each run: wall-clock on a shared machine is noisy.
-- Pass (compound growth saves compute here): median over the 3 seeds of compound's FLOPs
-  ratio <= 0.8 on at least 2 of the 3 corpora. Depth-only and width-only are reported, no
-  criterion. The loss jump at each growth (reference loss just after minus just before) is
-  reported per arm.
-
-Separately, ``--operators`` measures what each growth operator preserves: on linux, seed 1,
-the target model trains 100 updates in a small stage and grows (depth 2 -> 4 layers by
-``stack`` or ``zero``; FFN 128 -> 512 by tiling with noise 0 or 0.01), with post-LN (RoBERTa)
-and pre-LN; the reference loss (first 12 validation batches) just before and just after the
-growth goes to ``operators.json``. Expected: zero-init exact with pre-LN only, tiling exact
-without noise under both.
-
-Results (through ``benchmarks.harness``; growths from the run's growth events):
-``benchmarks/results/growth/<corpus>/<arm>/seed<k>.json`` (a run whose JSON exists is skipped:
-the suite is resumable), ``benchmarks/results/growth/summary.{json,md}`` and ``growth.png``.
+Protocol and pass criterion: docs/experiments/growth.md; the pre-registered text, verbatim, is
+this module's docstring at commit 392b41a (``git show 392b41a:benchmarks/growth.py``). Every arm
+of ``ARMS`` trains ``TARGET`` under the same FLOPs budget (``plan``); the metric is the FLOPs and
+training wall time to the fixed arm's final loss (``to_target``). ``--operators`` measures each
+growth operator's loss jump under post-LN and pre-LN (``operators.json``).
+Results: ``benchmarks/results/growth/<corpus>/<arm>/seed<k>.json``, ``summary.{json,md}`` and
+``growth.png``.
 
     python -m benchmarks.growth --jobs 1                # everything (resumable)
     python -m benchmarks.growth --corpus linux --arms fixed compound --seeds 1
@@ -52,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from benchmarks import corpora, harness
+from benchmarks import corpora, harness, pretrain
 from gpts_fairseq.growth.flops import update_flops
 from gpts_fairseq.growth.stages import parse_stages
 
@@ -81,11 +51,9 @@ class Settings:
     optimizer: str = "carry"
 
     def validate(self) -> None:
-        if self.budget_updates < self.valid_every or self.valid_every < 1:
-            raise ValueError(f"--budget-updates must be >= --valid-every >= 1, got {self.budget_updates}, "
-                             f"{self.valid_every}")
-        if not 0 < self.small_share < 1:
-            raise ValueError(f"--small-share must be in (0, 1), got {self.small_share}")
+        harness.check((self.budget_updates >= self.valid_every >= 1, "--budget-updates must be >= --valid-every "
+                       f">= 1, got {self.budget_updates}, {self.valid_every}"),
+                      (0 < self.small_share < 1, f"--small-share must be in (0, 1), got {self.small_share}"))
 
 
 def vocab_size(data_dir: Path) -> int:
@@ -97,7 +65,8 @@ def vocab_size(data_dir: Path) -> int:
 
 def plan(arm: str, settings: Settings, vocab: int) -> dict:
     """The arm's --grow-stages, its number of updates and the FLOPs of each update, such that
-    its total FLOPs is the fixed arm's (within one update of the full model)."""
+    its total FLOPs is the fixed arm's (within one update of the full model); the growth update
+    is a multiple of the validation interval (losses just before and after it)."""
     size = {k: TARGET[k] for k in ("layers", "ffn", "tokens")}
     full = parse_stages("", **size)[0]
 
@@ -110,7 +79,6 @@ def plan(arm: str, settings: Settings, vocab: int) -> dict:
         return {"stages": "", "updates": settings.budget_updates, "flops_per_update": [cost(full)],
                 "stage_updates": [settings.budget_updates], "budget_flops": budget}
     small = parse_stages(f"0:{ARMS[arm]}", **size)[0]
-    # the growth update is a multiple of the validation interval: losses just before and after it
     small_updates = round(settings.small_share * budget / cost(small) / settings.valid_every) * settings.valid_every
     full_updates = round((budget - small_updates * cost(small)) / cost(full))
     return {"stages": f"0:{ARMS[arm]};{small_updates}:layers={full.layers},ffn={full.ffn},tokens={full.tokens}",
@@ -122,8 +90,7 @@ def flops_at(schedule: dict, update: int) -> float:
     """Training FLOPs of the first ``update`` updates under ``schedule``."""
     total, done = 0.0, 0
     for count, flops in zip(schedule["stage_updates"], schedule["flops_per_update"]):
-        step = min(count, update - done)
-        total += max(step, 0) * flops
+        total += max(min(count, update - done), 0) * flops
         done += count
     return total
 
@@ -132,16 +99,11 @@ def run_spec(corpus: str, data_dir: Path, arm: str, seed: int, settings: Setting
              extra: Sequence[str] = ()) -> harness.RunSpec:
     """One run, for the harness: the target model, its growth schedule and ``extra`` options."""
     updates = schedule["updates"]
-    model = (
-        "--arch", "gpts_roberta_grow_tiny", "--grow-depth", settings.depth,
-        "--grow-width-noise", str(settings.width_noise), "--grow-optimizer", settings.optimizer,
-        "--grow-rewarm-updates", str(settings.rewarm_updates),
-        "--dropout", "0", "--attention-dropout", "0", "--max-positions", str(TARGET["tokens"]),
-        "--tokens-per-sample", str(TARGET["tokens"]), "--sample-break-mode", "none",
-        "--batch-size", str(settings.batch_size), "--required-batch-size-multiple", "1",
-        "--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--adam-eps", "1e-6", "--weight-decay", "0.01",
-        "--clip-norm", "1.0", "--lr", str(settings.lr), "--lr-scheduler", "polynomial_decay",
-        "--warmup-updates", str(updates // 10), "--total-num-update", str(updates), "--mask-prob", str(MASK_PROB))
+    model = ("--arch", "gpts_roberta_grow_tiny", "--grow-depth", settings.depth,
+             "--grow-width-noise", str(settings.width_noise), "--grow-optimizer", settings.optimizer,
+             "--grow-rewarm-updates", str(settings.rewarm_updates), "--dropout", "0", "--attention-dropout", "0",
+             *pretrain.training_args(TARGET["tokens"], settings.batch_size, settings.lr, updates),
+             "--mask-prob", str(MASK_PROB))
     validation = ("--gpts-reward-batches", str(settings.eval_batches), "--max-valid-steps", str(settings.eval_batches - 1),
                   "--validate-interval-updates", str(settings.valid_every), "--validate-interval", "1000000",
                   "--log-interval", str(settings.valid_every))
@@ -171,10 +133,8 @@ def run_fields(settings: Settings, vocabs: dict[str, int]):
 
 def to_target(result: dict, target: float) -> dict:
     """FLOPs and training wall time at the first validation at or below ``target``."""
-    for point in result["curve"]:
-        if point["loss"] <= target:
-            return {"update": point["update"], "flops": point["flops"], "train_wall_s": point["train_wall_s"]}
-    return {"update": None, "flops": None, "train_wall_s": None}
+    return next(({k: point[k] for k in ("update", "flops", "train_wall_s")} for point in result["curve"]
+                 if point["loss"] <= target), {"update": None, "flops": None, "train_wall_s": None})
 
 
 def _median(values):
@@ -182,31 +142,30 @@ def _median(values):
     return statistics.median(values) if values else None
 
 
+def _run_row(result: dict, fixed: dict | None) -> dict:
+    row = {"seed": result["seed"], "final_loss": result["final_loss"], "jumps": [
+        g["loss_after"] - g["loss_before"] for g in result["growths"]], "flops_ratio": None,
+        "wall_ratio": None, "loadavg": result["loadavg_before"][0]}
+    if fixed is not None:
+        mine, ref = to_target(result, fixed["final_loss"]), to_target(fixed, fixed["final_loss"])
+        row.update(target=fixed["final_loss"], to_target=mine)
+        if mine["flops"] is not None:
+            row["flops_ratio"] = mine["flops"] / ref["flops"]
+            if mine["train_wall_s"] and ref["train_wall_s"]:
+                row["wall_ratio"] = mine["train_wall_s"] / ref["train_wall_s"]
+    return row
+
+
 def summarise(results_root: Path) -> dict:
     """Per corpus and arm: final losses, FLOPs/wall ratios to the target (same seed), jumps."""
     summary = {}
     for corpus in corpora.CORPORA:
-        runs = {(r["arm"], r["seed"]): r for r in harness.load_results(results_root, corpus)}
-        if not runs:
+        if not (runs := {(r["arm"], r["seed"]): r for r in harness.load_results(results_root, corpus)}):
             continue
         arms = {}
         for arm in ARMS:
-            rows = []
-            for seed in sorted(s for a, s in runs if a == arm):
-                fixed = runs.get(("fixed", seed))
-                result = runs[(arm, seed)]
-                row = {"seed": seed, "final_loss": result["final_loss"], "jumps": [
-                    g["loss_after"] - g["loss_before"] for g in result["growths"]], "flops_ratio": None,
-                    "wall_ratio": None, "loadavg": result["loadavg_before"][0]}
-                if fixed is not None:
-                    mine, ref = to_target(result, fixed["final_loss"]), to_target(fixed, fixed["final_loss"])
-                    row.update(target=fixed["final_loss"], to_target=mine)
-                    if mine["flops"] is not None:
-                        row["flops_ratio"] = mine["flops"] / ref["flops"]
-                        if mine["train_wall_s"] and ref["train_wall_s"]:
-                            row["wall_ratio"] = mine["train_wall_s"] / ref["train_wall_s"]
-                rows.append(row)
-            if rows:
+            if rows := [_run_row(runs[(arm, seed)], runs.get(("fixed", seed)))
+                        for seed in sorted(s for a, s in runs if a == arm)]:
                 arms[arm] = {"runs": rows, "median_flops_ratio": _median(r["flops_ratio"] for r in rows),
                              "median_wall_ratio": _median(r["wall_ratio"] for r in rows),
                              "reached": sum(r["flops_ratio"] is not None for r in rows),
@@ -215,10 +174,10 @@ def summarise(results_root: Path) -> dict:
         summary[corpus] = arms
     compound = [a["compound"]["median_flops_ratio"] for a in summary.values()
                 if "compound" in a and len(a["compound"]["runs"]) == 3]
+    passing = sum(r is not None and r <= 0.8 for r in compound)
     summary["pass"] = {"criterion": "median compound FLOPs ratio <= 0.8 on >= 2 of 3 corpora (3 seeds each)",
-                       "corpora_complete": len(compound),
-                       "corpora_passing": sum(r is not None and r <= 0.8 for r in compound),
-                       "passed": None if len(compound) < 3 else sum(r is not None and r <= 0.8 for r in compound) >= 2}
+                       "corpora_complete": len(compound), "corpora_passing": passing,
+                       "passed": None if len(compound) < 3 else passing >= 2}
     return summary
 
 
@@ -227,22 +186,20 @@ def _fmt(value, spec):
 
 
 def write_summary(results_root: Path) -> dict:
-    summary = summarise(results_root)
-    lines = ["| corpus | arm | seeds | final loss (bits) | reached target | FLOPs to target (× fixed) | "
-             "train wall to target (× fixed) | loss jump at growth |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    summary, rows = summarise(results_root), []
     for corpus, arms in summary.items():
-        if corpus == "pass":
-            continue
-        for arm, s in arms.items():
+        for arm, s in (arms.items() if corpus != "pass" else ()):
             jumps = [j for r in s["runs"] for j in r["jumps"]]
-            jump = f"{statistics.fmean(jumps):+.3f}" if jumps else "–"
-            lines.append(f"| {corpus} | {arm} | {len(s['runs'])} | {s['final_mean']:.3f} ± {s['final_std']:.3f} | "
-                         f"{s['reached']}/{len(s['runs'])} | {_fmt(s['median_flops_ratio'], '.2f')} | "
-                         f"{_fmt(s['median_wall_ratio'], '.2f')} | {jump} |")
+            rows.append([corpus, arm, len(s["runs"]), f"{s['final_mean']:.3f} ± {s['final_std']:.3f}",
+                         f"{s['reached']}/{len(s['runs'])}", _fmt(s["median_flops_ratio"], ".2f"),
+                         _fmt(s["median_wall_ratio"], ".2f"), f"{statistics.fmean(jumps):+.3f}" if jumps else "–"])
     verdict = summary["pass"]
-    lines += ["", f"Pre-registered criterion ({verdict['criterion']}): {verdict['corpora_passing']} of "
-              f"{verdict['corpora_complete']} complete corpora pass; "
-              f"{'passed' if verdict['passed'] else 'not passed' if verdict['passed'] is False else 'incomplete'}."]
+    lines = [harness.md_table(["corpus", "arm", "seeds", "final loss (bits)", "reached target",
+                               "FLOPs to target (× fixed)", "train wall to target (× fixed)", "loss jump at growth"],
+                              "llrrrrrr", rows),
+             "", f"Pre-registered criterion ({verdict['criterion']}): {verdict['corpora_passing']} of "
+             f"{verdict['corpora_complete']} complete corpora pass; "
+             f"{'passed' if verdict['passed'] else 'not passed' if verdict['passed'] is False else 'incomplete'}."]
     results_root = Path(results_root)
     results_root.mkdir(parents=True, exist_ok=True)
     (results_root / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -253,32 +210,22 @@ def write_summary(results_root: Path) -> dict:
 
 def plot(results_root: Path) -> None:
     """Seed-mean validation loss over training FLOPs, one panel per corpus."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    corpus_dirs = [c for c in corpora.CORPORA if (results_root / c).is_dir()]
-    if not corpus_dirs:
+    if not (corpus_dirs := [c for c in corpora.CORPORA if (results_root / c).is_dir()]):
         return
-    fig, axes = plt.subplots(1, len(corpus_dirs), figsize=(5 * len(corpus_dirs), 4), squeeze=False)
-    for ax, corpus in zip(axes[0], corpus_dirs):
-        for arm in ARMS:
-            results = [json.loads(p.read_text()) for p in sorted((results_root / corpus / arm).glob("seed*.json"))]
-            if not results:
-                continue
-            length = min(len(r["curve"]) for r in results)
-            flops = [results[0]["curve"][i]["flops"] / 1e12 for i in range(length)]
-            loss = [statistics.fmean(r["curve"][i]["loss"] for r in results) for i in range(length)]
-            ax.plot(flops, loss, label=f"{arm} ({len(results)} seeds)", lw=2 if arm == "compound" else 1.2)
-        ax.set_title(corpus)
-        ax.set_xlabel("training TFLOPs")
-        ax.set_ylim(top=min(ax.get_ylim()[1], 6.5))
-    axes[0, 0].set_ylabel("validation loss (bits, reference masking)")
-    axes[0, -1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(results_root / "growth.png", dpi=110)
-    plt.close(fig)
+    with harness.panels(len(corpus_dirs), (5, 4), results_root / "growth.png") as (fig, axes, _):
+        for ax, corpus in zip(axes, corpus_dirs):
+            for arm in ARMS:
+                if results := [json.loads(p.read_text()) for p in sorted((results_root / corpus / arm).glob("seed*.json"))]:
+                    length = min(len(r["curve"]) for r in results)
+                    flops = [results[0]["curve"][i]["flops"] / 1e12 for i in range(length)]
+                    loss = [statistics.fmean(r["curve"][i]["loss"] for r in results) for i in range(length)]
+                    ax.plot(flops, loss, label=f"{arm} ({len(results)} seeds)", lw=2 if arm == "compound" else 1.2)
+            ax.set_title(corpus)
+            ax.set_xlabel("training TFLOPs")
+            ax.set_ylim(top=min(ax.get_ylim()[1], 6.5))
+        axes[0].set_ylabel("validation loss (bits, reference masking)")
+        axes[-1].legend(fontsize=8)
+        fig.tight_layout()
 
 
 OPERATOR_CASES = {  # name -> (small stage, growth options)
@@ -291,7 +238,8 @@ NORMS = {"post-LN": [], "pre-LN": ["--encoder-normalize-before", "--layernorm-em
 
 
 def measure_operators(data_dir: Path, settings: Settings, work_root: Path, results_root: Path) -> Path:
-    """Loss jump of each operator under post-LN and pre-LN (see the module docstring)."""
+    """Loss jump of each operator under post-LN and pre-LN: on linux, seed 1, 100 updates in the
+    small stage, then the growth; the reference loss just before and after it."""
     rows = []
     for norm, norm_args in NORMS.items():
         for name, (small, options) in OPERATOR_CASES.items():
@@ -315,15 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="FLOPs budget, in updates of the full model")
     parser.add_argument("--small-share", type=float, default=Settings.small_share)
     parser.add_argument("--valid-every", type=int, default=Settings.valid_every)
-    parser.add_argument("--data-root", type=Path, default=corpora.DEFAULT_DATA_ROOT)
-    parser.add_argument("--max-lines", type=int, default=None, help="first N lines per split only (smoke tests)")
     parser.add_argument("--operators", action="store_true", help="only measure the loss jump of each operator")
-    harness.add_suite_arguments(parser, DEFAULT_RESULTS, DEFAULT_WORK)
+    harness.add_suite_arguments(parser, DEFAULT_RESULTS, DEFAULT_WORK, data=True)
     args = parser.parse_args(argv)
     settings = Settings(budget_updates=args.budget_updates, small_share=args.small_share, valid_every=args.valid_every)
     settings.validate()
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    harness.check((args.jobs >= 1, f"--jobs must be >= 1, got {args.jobs}"))
     if args.operators:
         data_dir = corpora.prepare("linux", args.data_root, max_lines=args.max_lines, tokenizer="char")
         print(measure_operators(data_dir, settings, args.work_root, args.results_root))
@@ -331,8 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.summary_only:
         data = {c: corpora.prepare(c, args.data_root, max_lines=args.max_lines, tokenizer="char") for c in args.corpus}
         vocabs = {c: vocab_size(d) for c, d in data.items()}
-        # seed-major order: an interrupted suite has whole seeds across corpora and arms
-        specs = [run_spec(c, data[c], a, s, settings, plan(a, settings, vocabs[c]))
+        specs = [run_spec(c, data[c], a, s, settings, plan(a, settings, vocabs[c]))  # seed-major
                  for s in args.seeds for c in args.corpus for a in args.arms]
         harness.run_suite(specs, args.results_root, args.work_root, jobs=args.jobs, finish=run_fields(settings, vocabs))
     summary = write_summary(args.results_root)

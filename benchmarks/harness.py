@@ -63,6 +63,7 @@ import statistics
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -148,9 +149,6 @@ def _digest(data) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-# -- paths -------------------------------------------------------------------------------------
-
-
 def result_path(results_root: Path, corpus: str, arm: str, seed: int) -> Path:
     return Path(results_root) / corpus / arm / f"seed{seed}.json"
 
@@ -202,9 +200,6 @@ def check_portable(result: dict, places: dict[str, str], where: Path) -> None:
     for path in [*places, str(REPO_ROOT), str(Path.home())]:
         if len(path) > 1 and path in text:
             raise ValueError(f"{where}: the result still holds the machine path {path}")
-
-
-# -- the fairseq log ---------------------------------------------------------------------------
 
 
 @dataclass
@@ -265,9 +260,6 @@ def passed_previous_token_entropy(curve: Curve, entropy: float | Path, budget_up
 @lru_cache(maxsize=None)
 def corpus_entropy(data_dir: str) -> float:
     return corpora.prepared_entropy(Path(data_dir))
-
-
-# -- running -----------------------------------------------------------------------------------
 
 
 def _train(spec: RunSpec, save_dir: Path, stop: Callable[[Curve], bool] | None) -> tuple[int, bool, float]:
@@ -392,15 +384,64 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
-def add_suite_arguments(parser, results_root: Path, work_root: Path) -> None:
-    """The options every driver shares: --jobs, --results-root, --work-root, --summary-only."""
+def check(*rules: tuple[bool, str]) -> None:
+    """ValueError with the message of the first rule ``(holds, message)`` that does not hold."""
+    for holds, message in rules:
+        if not holds:
+            raise ValueError(message)
+
+
+def verdict(complete: bool, passed: bool) -> str:
+    return "incomplete" if not complete else "PASS" if passed else "FAIL"
+
+
+def md_table(header: Sequence[str], align: str, rows) -> str:
+    """A markdown table: ``align`` one letter a column (``l`` left, ``r`` right), ``rows`` of cells."""
+    rule = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
+    return "\n".join(["| " + " | ".join(header) + " |", rule, *("| " + " | ".join(map(str, r)) + " |" for r in rows)])
+
+
+def add_suite_arguments(parser, results_root: Path, work_root: Path, data: bool = False) -> None:
+    """The options drivers share: --jobs, --results-root, --work-root, --summary-only (and with
+    ``data``: --data-root, --max-lines)."""
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side (each single-threaded)")
     parser.add_argument("--results-root", type=Path, default=results_root)
     parser.add_argument("--work-root", type=Path, default=work_root, help="fairseq save dirs (outside the repo)")
     parser.add_argument("--summary-only", action="store_true", help="only score the recorded results")
+    if data:
+        parser.add_argument("--data-root", type=Path, default=corpora.DEFAULT_DATA_ROOT)
+        parser.add_argument("--max-lines", type=int, default=None, help="first N lines per split only (smoke tests)")
 
 
-# -- a shared warm start -----------------------------------------------------------------------
+def paired_mean_curve(curves: dict, reference: dict, mean=statistics.fmean, every_seed: bool = False) -> list:
+    """(update, mean over seeds of ``curves[seed]`` minus ``reference[seed]`` at that update), at
+    the updates the most seeds share (``every_seed``: only those every paired seed has)."""
+    by_update: dict[int, list[float]] = {}
+    for seed, curve in curves.items():
+        if seed in reference:
+            ref = dict(reference[seed])
+            for update, loss in curve:
+                if update in ref:
+                    by_update.setdefault(update, []).append(loss - ref[update])
+    count = sum(s in reference for s in curves) if every_seed else max(map(len, by_update.values()), default=0)
+    return [(u, mean(v)) for u, v in sorted(by_update.items()) if len(v) == count]
+
+
+@contextmanager
+def panels(count: int, size: tuple[float, float], path: Path):
+    """A figure of ``count`` panels side by side, each ``size`` inches, saved to ``path`` (dpi 110)
+    on leaving: yields (figure, axes, pyplot)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, count, figsize=(size[0] * count, size[1]), squeeze=False)
+    try:
+        yield fig, list(axes[0]), plt
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def warm_start(spec: RunSpec, margin_bits: float, store_root: Path, work_root: Path = WORK_ROOT,

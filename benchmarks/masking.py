@@ -3,9 +3,8 @@ MaskTokensDataset vs a plain copy of the same bytes, in million tokens per secon
 
     python benchmarks/masking.py [--quick] [--out benchmarks/results/masking.json]
 
-One run, one machine, all methods side by side. Vocabulary 50k, psi = (0.15, 0.1, 0.1), batches
-64x512 and 256x128 of int64 ids (full rows, bos ... eos), modes bernoulli and exact. fairseq has
-only its exact per-sequence count, so its number is the same baseline for both modes.
+All methods side by side in one run: vocabulary 50k, ``PSI``, batches ``SHAPES``; fairseq has
+only its exact per-sequence count, so its number is the baseline for both modes.
 """
 
 import argparse

@@ -1,29 +1,11 @@
-"""Does the bandit cope with a non-stationary reward? Cumulative regret on the synthetic
-problems of gpts_fairseq.bandit.synthetic, for GP-TS (stationary), GP-TS with training progress
-as a GP input (contextual), GP-TS on a sliding window of the last 10 observations, GP-TS with
-the trend-aware reward model, and random.
+"""Does the bandit cope with a non-stationary reward? Cumulative regret of the ``POLICIES`` on
+the synthetic ``PROBLEMS`` of gpts_fairseq.bandit.synthetic, and a replay of the logged
+pre-training rewards through each reward model.
 
     python benchmarks/nonstationary.py [--interactions 60] [--seeds 5]
 
-Problems (ρ grid, γ = λ = 0.1): the best ρ fixed at 0.30; the best ρ drifting 0.35 -> 0.15;
-that drift plus a reward level decaying as exp(-3 p), as improvements shrink while the loss
-flattens; and the structure measured on the pre-training runs (``TrendProblem``: trend
-a + b/k + c/k² from r_1 ≈ 0.35 to r_10 ≈ 0.002, an arm effect of 0.005 peaking at ρ = 0.35,
-75% of it paid back on the next interaction, noise sd 0.003). Regret per interaction is in
-[0, 1] (bump lost against the best arm).
-
-Pre-registered criterion (written before the reported runs; the trend model's defaults —
-no carry-over term, no forgetting — were chosen on development seeds 101-104, not on the
-reported seeds 1-5): on the measured-structure problem, GP-TS with the trend model has a
-lower mean cumulative regret over the 5 seeds than each of gp-ts, gp-ts context=progress and
-gp-ts window=10, and a lower regret on at least 4 of the 5 same-seed pairs against each. The
-verdict is printed and written to the JSON; a failure is reported as such.
-
-Replay (descriptive, no criterion): the rewards logged by the pre-training comparison
-(benchmarks/results/pretrain, the runs that played the whole ρ grid: random and the gp-ts-rho
-variants) are fed to each reward model in their logged order; counted are the runs whose
-posterior mean rises from ρ = 0.05 to ρ = 0.50 — the per-run regression of issue 9 found a
-positive ρ effect in every run once the trend was modelled.
+Protocol and pre-registered criterion (``criterion``): docs/experiments/nonstationary.md
+(pre-registered text: ``git show 392b41a:benchmarks/nonstationary.py``).
 """
 
 import argparse

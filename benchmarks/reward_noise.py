@@ -1,46 +1,14 @@
 """Does an EMA of the weights, or a paired probe, make the reward less noisy? (issue 9, items 2-3)
 
-Protocol (fixed by the lead before any run; written here before the first run, not re-tuned
-after seeing results):
+Protocol and criteria: docs/experiments/reward-noise.md; the pre-registered text, verbatim, is
+this module's docstring at commit 392b41a (``git show 392b41a:benchmarks/reward_noise.py``).
+A state run (``state_spec``) saves checkpoints at S1 and S2 (``second_state``); from each, the
+arms of ``ARMS`` continue with ``REPLICATE_SEEDS`` (``replicate_spec``: ``--restore-file`` and
+``--gpts-allow-option-change``), and ``RewardMeter`` scores their raw and EMA weights on seed 0's
+reward batches; ``analyse`` applies the criteria.
 
-- **Setting.** wikitext-2 characters with exactly the pre-registered suite's model, optimiser
-  and learning-rate schedule (``pretrain.Settings`` with a budget of 4,000 updates,
-  ``pretrain.model_args``/``run_args``). The reward is the suite's relative reward on its 12
-  reward batches at the reference masking (rho 0.15, gamma = lambda = 0.1), always with the
-  reward batches and masks of seed 0 (the state run's).
-- **State run.** ``constant-0.30``, seed 0, the 4,000-update schedule, stopped after state S2.
-  Checkpoints at S1 = update 1,000 (the unigram plateau) and at S2 = the first multiple of 250
-  at which its reference loss is below wikitext-2's previous-character entropy 3.372 bits
-  (S2 = 3,000 if it is not below by then). An EMA of the weights (decay 0.99, started at update
-  0 from the initial weights, updated after every optimizer step: fairseq's ``--store-ema
-  --ema-decay 0.99``) runs through the state run and is saved in its checkpoints.
-- **Replicates.** From each state: arms rho = 0.15 and rho = 0.45 (gamma = lambda = 0.1),
-  replicates r = 1..6, replicate r with training seed r (data order and mask stream); 200
-  updates each, restored with the optimizer and learning-rate scheduler state (the schedule
-  continues), the EMA continued. The reward loss (12 batches) is measured at +0, +50 and +200
-  updates on the raw weights and on the EMA weights. 2 states x 2 arms x 6 = 24 runs.
-- **Rewards.** Relative, r = (l_start - l_end) / l_start, for n = 50 and n = 200 updates, raw
-  and EMA (l_start and l_end both on the same kind of weights).
-- **Unpaired.** noise = pooled within-arm sd of r over the replicates; effect = mean r(0.45) -
-  mean r(0.15); score = |effect| / noise. **EMA ships** (as a documented option) iff its score
-  is >= 1.25 x the raw weights' score at n = 200 in BOTH states.
-- **Paired probe.** Common random numbers = the same replicate seed r for both arms (the same
-  batches and the same uniform draws); d_r = r_r(0.45) - r_r(0.15); paired noise = sd over r
-  of d_r; the unpaired difference's noise is noise x sqrt(2). **The probe ships** iff paired
-  noise <= 1/3 of the unpaired difference's noise at the same n in both states AND its cost
-  (n extra updates of the challenger + one reward pass of 12 batches at the measured forward
-  cost, as a share of an interaction of L = 200 updates) is within the issue's 2 % interaction
-  overhead goal. Its cost is reported for n = 50 and n = 200 either way.
-- **Report.** Every number (table printed, JSON in ``benchmarks/results/reward_noise.json``,
-  no machine paths, with the load average), including every criterion that fails.
-
-    python -m benchmarks.reward_noise                 # state run, then the 24 replicates (resumable, ~35 min here)
+    python -m benchmarks.reward_noise                 # state run, then the 24 replicates (resumable)
     python -m benchmarks.reward_noise --summary-only  # the table and the verdicts from the JSON
-
-Replicates restore the state checkpoint with fairseq's ``--restore-file`` (optimizer, lr
-scheduler, EMA) and ``--gpts-allow-option-change`` (the seed and ρ are reward options of the
-task); the rewards are measured afterwards from their checkpoints at +50 and +200, with the
-task built from the state run's checkpoint, so every run is scored on seed 0's reward batches.
 """
 
 from __future__ import annotations
@@ -115,9 +83,6 @@ def second_state(curve: Sequence[tuple[int, float]], entropy: float) -> int | No
     return None
 
 
-# -- measuring ---------------------------------------------------------------------------------
-
-
 class RewardMeter:
     """The reward's loss (bits, 12 reward batches, reference masking, seed 0's batches and masks)
     of a checkpoint's raw and EMA weights, with the task built from the state run's checkpoint."""
@@ -145,9 +110,6 @@ class RewardMeter:
             self.model.load_state_dict(tensors, strict=True, model_cfg=self._model_cfg)
             out[weights] = self.task.reference_loss(self.model, self.criterion)
         return out
-
-
-# -- runs --------------------------------------------------------------------------------------
 
 
 def load_results(path: Path) -> dict:
@@ -219,9 +181,6 @@ def run_replicates(data_dir: Path, work: Path, results: dict, out: Path) -> None
                 print(f"state {state} {arm} seed {seed}: " + ", ".join(
                     f"+{n} raw {loss[str(n)]['raw']:.4f} ema {loss[str(n)]['ema']:.4f}" for n in ("0", *map(str, LENGTHS)))
                     + f" ({run['wall_time_s']:.0f} s)", flush=True)
-
-
-# -- analysis ----------------------------------------------------------------------------------
 
 
 def relative_reward(loss: dict, n: int, weights: str) -> float:

@@ -3,9 +3,8 @@ seed and command line but for the task name, one run each, side by side.
 
     python benchmarks/train_speed.py [--updates 300] [--workers 1]
 
-Words/s is fairseq's own `wps` of the last `train` record. gpts_mlm runs with its default
-policy (constant), so both train the same masking; only where masking happens differs (the
-training step vs the DataLoader workers). Target: gpts_mlm >= 0.98x masked_lm.
+Words/s: fairseq's ``wps`` of the last epoch record; gpts_mlm runs its default (constant)
+policy, so both train the same masking. Target: gpts_mlm >= ``TARGET`` x masked_lm.
 """
 
 import argparse
