@@ -7,6 +7,7 @@ torch is deliberately not in install_requires: build with the torch already inst
 
 import glob
 import os
+import re
 
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
@@ -25,6 +26,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 HOOK_PTH = "gpts_fairseq_hook.pth"  # registers gpts_mlm when fairseq is imported (no --user-dir)
 CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fopenmp"]  # OpenMP: ATen's parallel_for backend
 NVCC_FLAGS = ["-O3", "--fmad=false"]
+# the fairseq releases gpts_fairseq.compat follows (one definition, in the package)
+FAIRSEQ_REQUIREMENT = re.search(r'FAIRSEQ_REQUIREMENT = "([^"]+)"',
+                                open(os.path.join(HERE, "gpts_fairseq", "__init__.py")).read()).group(1)
 
 
 def masking_extension():
@@ -62,11 +66,13 @@ setup(
     version="0.1.0",
     packages=find_packages(include=["gpts_fairseq", "gpts_fairseq.*"]),
     python_requires=">=3.9",
-    # torch and fairseq are not listed: the user's own builds are kept (see the Makefile).
-    install_requires=["numpy", "gpytorch>=1.11", "matplotlib"],
+    # torch and fairseq are not required: the user's own builds are kept (see the Makefile); the
+    # "fairseq" extra names the supported releases (a fork of them works if it keeps their internals)
+    install_requires=["numpy", "gpytorch>=1.11", "matplotlib", "packaging"],
     # tensorboard: fairseq's --tensorboard-logdir writer and the test's event reader;
     # sentencepiece: examples/pretrain_from_raw_text.sh --sentencepiece (neither depends on torch)
-    extras_require={"test": ["pytest>=7", "hypothesis>=6", "tensorboard>=2.10", "sentencepiece>=0.1.99"]},
+    extras_require={"test": ["pytest>=7", "hypothesis>=6", "tensorboard>=2.10", "sentencepiece>=0.1.99"],
+                    "fairseq": [FAIRSEQ_REQUIREMENT]},
     entry_points={"console_scripts": ["gpts-report = gpts_fairseq.report.cli:main"]},
     ext_modules=[masking_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True), "build_py": BuildPyWithHook,

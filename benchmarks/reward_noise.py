@@ -87,10 +87,10 @@ class RewardMeter:
         from fairseq import checkpoint_utils, tasks
 
         import gpts_fairseq.tasks.gpts_mlm  # noqa: F401  (registers the task and criterion)
-        from gpts_fairseq.tasks import fairseq_compat
+        from gpts_fairseq import compat
 
         torch.set_num_threads(1)
-        fairseq_compat.allow_fairseq_checkpoints()
+        compat.allow_fairseq_checkpoints()
         self._load = checkpoint_utils.load_checkpoint_to_cpu
         cfg = self._load(str(state_checkpoint))["cfg"]
         self.task = tasks.setup_task(cfg.task)

@@ -2,10 +2,12 @@
 ``SAVE_DIR/gpts_<name>_events.jsonl``. Reports and benchmarks read these files; nothing
 parses log messages.
 
-Every record has ``event`` (its kind) and ``update`` (fairseq's update count when it happened)
-plus the fields its schema names, each checked on write. Only the data-parallel leader writes.
-A resume drops the records written after the checkpoint (``truncate_after``), so the file always
-matches the training state it accompanies.
+Every record has ``event`` (its kind) and ``update`` (fairseq's update count when it happened:
+the number of updates finished) plus the fields its schema names, each checked on write. Only the
+data-parallel leader writes, whenever the run has a save dir (also with ``--no-save``: events
+are the run's record, not its checkpoint). A resume from a checkpoint written after U updates
+drops the records of update U and later (``truncate_at``): what happened then happens again,
+so the file always matches the training state it accompanies.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ def check_record(record: Mapping, schema: Mapping[str, type | tuple], where: str
 
 
 class EventLog:
-    """Append-only event file of one extension. ``save_dir`` None (or ``write`` False: another
-    rank, ``--no-save``) keeps nothing."""
+    """Append-only event file of one extension. ``save_dir`` None (or ``write`` False: a rank
+    other than the first) keeps nothing, but records are still checked."""
 
     def __init__(self, save_dir: str | None, name: str, schema: Mapping[str, Mapping[str, type | tuple]],
                  write: bool = True):
@@ -56,11 +58,17 @@ class EventLog:
         with open(self.path, "a") as handle:
             handle.write(json.dumps(dict(record)) + "\n")
 
-    def truncate_after(self, update: int) -> None:
-        """Keep the records with ``update <= update`` (atomic rewrite)."""
+    def read(self, kinds: Iterable[str] | None = None) -> list[dict]:
+        """The records written so far ([] when none or nothing is kept), optionally of some kinds."""
+        if self.path is None or not os.path.exists(self.path):
+            return []
+        return [r for r in read_events_file(self.path) if kinds is None or r["event"] in set(kinds)]
+
+    def truncate_at(self, update: int) -> None:
+        """Keep the records with ``record["update"] < update`` (atomic rewrite)."""
         if self.path is None or not os.path.exists(self.path):
             return
-        kept = [record for record in read_events_file(self.path) if record["update"] <= update]
+        kept = [record for record in read_events_file(self.path) if record["update"] < update]
         tmp = self.path + ".tmp"
         with open(tmp, "w") as handle:
             handle.writelines(json.dumps(record) + "\n" for record in kept)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gpts_fairseq.distributed import data_parallel_rank_and_size, fork_rngs
+from gpts_fairseq.runtime import data_parallel_rank_and_size, fork_rngs
 
 
 def test_a_single_process_is_rank_0_of_1():

@@ -1,6 +1,6 @@
 """Exit code 0 after training: fairseq's prefetch thread, busy in a torch op when the interpreter
 finalises, aborts the process ("terminate called without an active exception", -6) unless the
-task's fairseq_compat.install() stopped it at exit."""
+task's compat.install() stopped it at exit."""
 
 import os
 import subprocess
@@ -22,8 +22,8 @@ class SlowBatches:
 
 next(BufferedIterator(20, SlowBatches()))
 if sys.argv[1] == "install":
-    from gpts_fairseq.tasks import fairseq_compat
-    fairseq_compat.install()
+    from gpts_fairseq import compat
+    compat.install()
 print("end of script", flush=True)
 """
 
@@ -31,10 +31,10 @@ EXIT_HANDLERS = """
 import atexit, threading
 import fairseq.data.iterators, fairseq.distributed.utils, omegaconf  # what the task module imports
 before = atexit._ncallbacks()
-from gpts_fairseq.tasks import fairseq_compat
+from gpts_fairseq import compat
 print("exit handlers added by import:", atexit._ncallbacks() - before)
-fairseq_compat.install()
-fairseq_compat.install()
+compat.install()
+compat.install()
 list_threads = threading.enumerate
 def list_threads_and_say_so():  # the exit handler lists the threads once per run
     print("exit handler ran", flush=True)

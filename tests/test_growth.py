@@ -12,8 +12,10 @@ from fairseq.tasks.masked_lm import MaskedLMTask
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from gpts_fairseq.events import EventLog
+from gpts_fairseq.extensions.base import ExtensionContext
+from gpts_fairseq.growth.extension import GrowthExtension, fold_rows
 from gpts_fairseq.growth.flops import update_flops
-from gpts_fairseq.growth.hooks import before_update, fold_rows
 from gpts_fairseq.growth.model import GrowRobertaModel
 from gpts_fairseq.growth.stages import Stage, parse_stages
 from gpts_fairseq.tasks.gpts_mlm import GPTSMaskedLMTask
@@ -38,6 +40,14 @@ def build(*extra, seed=0, task_class=GPTSMaskedLMTask):
     task.cfg = types.SimpleNamespace(tokens_per_sample=32)
     torch.manual_seed(seed)
     return GrowRobertaModel.build_model(args, task)
+
+
+def before_update(model, optimizer, update, measure_loss=None):
+    """The growth extension's hook, with ``measure_loss`` as the task's reference loss."""
+    context = ExtensionContext(cfg=None, dictionary=Dictionary(), save_dir=None, seed=3, mask=None, reference_psi=None,
+                               reference_loss=measure_loss, events=lambda name, schema: EventLog(None, name, schema),
+                               psi=lambda: None)
+    GrowthExtension(None, context).before_update(model, optimizer, update)
 
 
 def batch(seed=1, rows=4):

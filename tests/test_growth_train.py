@@ -5,11 +5,14 @@ its tiny training, so each run is checked for several properties."""
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
 
 from conftest import TINY_MODEL, json_log, run_fairseq
+
+from gpts_fairseq.events import read_events
 
 GROW = ["--arch", "gpts_roberta_grow", "--task", "gpts_mlm", "--criterion", "gpts_masked_lm", "--num-workers", "0"]
 GP_TS = ["--gpts-policy", "gp-ts", "--gpts-interaction-updates", "3", "--gpts-reward-batches", "2"]
@@ -68,6 +71,8 @@ def test_resume_across_a_growth_is_exact_with_gp_ts(tiny_corpus, tmp_path):
     resumed_dir = tmp_path / "resumed"
     resumed_dir.mkdir()
     (resumed_dir / "checkpoint_last.pt").write_bytes((tmp_path / "full" / "checkpoint_1_9.pt").read_bytes())
+    # what a run killed after update 10 leaves: its event log holds the growth at 10 as well
+    shutil.copy(tmp_path / "full" / "gpts_growth_events.jsonl", resumed_dir)
     resumed = run_fairseq([*common, "--save-dir", resumed_dir])
     assert "Loaded checkpoint" in resumed.stdout + resumed.stderr
     assert growths(resumed) == growths(full)[1:]
@@ -81,6 +86,14 @@ def test_resume_across_a_growth_is_exact_with_gp_ts(tiny_corpus, tmp_path):
     assert after_9(resumed, "train_inner", train) == after_9(full, "train_inner", train)
     valid = ("valid_num_updates", "valid_loss")
     assert len(after_9(resumed, "valid", valid)) == 1 and after_9(resumed, "valid", valid) == after_9(full, "valid", valid)
+
+    # one growth event per growth, as logged; the resume dropped the one after its checkpoint and grew again
+    def events(save_dir):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in read_events(str(save_dir), "growth")]
+
+    assert [(e["update"], e["stage"], e["checksum"], round(e["loss_before"], 6), round(e["loss_after"], 6))
+            for e in events(tmp_path / "full")] == [(u, s, c, b, a) for s, (u, c, b, a) in enumerate(growths(full), 1)]
+    assert events(resumed_dir) == events(tmp_path / "full")
 
 
 def _free_port():

@@ -15,7 +15,7 @@ from conftest import PACKAGE_DIR, TINY_MODEL, json_log, run_fairseq
 from gpts_fairseq.bandit import ArmSpace, BanditWarning, make_policy
 from gpts_fairseq.bandit.loop import InteractionLoop
 from gpts_fairseq.masking import Psi
-from gpts_fairseq.tasks.interactions import InteractionController
+from gpts_fairseq.interactions.controller import InteractionController
 
 RECORDER = Path(__file__).resolve().parent / "fairseq_recorder.py"
 FIRST_PSI = Psi(0.15, 0.1, 0.1)

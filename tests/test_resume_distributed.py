@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from conftest import PACKAGE_DIR, TINY_MODEL, json_log, run_fairseq
-from gpts_fairseq.tasks.fairseq_compat import allow_fairseq_checkpoints
+from gpts_fairseq.compat import allow_fairseq_checkpoints
 
 GP_TS = ["--user-dir", PACKAGE_DIR, "--task", "gpts_mlm", "--criterion", "gpts_masked_lm", "--gpts-policy", "gp-ts",
          "--gpts-interaction-updates", "10", "--gpts-reward-batches", "3", "--num-workers", "0",
@@ -72,7 +72,7 @@ import fairseq.distributed.utils, omegaconf  # what the task module imports, bef
 snapshot = lambda: sorted(map(str, torch.serialization.get_safe_globals()))
 before = snapshot()
 import gpts_fairseq.tasks
-from gpts_fairseq.tasks.fairseq_compat import allow_fairseq_checkpoints
+from gpts_fairseq.compat import allow_fairseq_checkpoints
 print("import changes allowlist:", snapshot() != before)
 
 # the state rank 0 broadcasts on resume: cfg became a DictConfig (holding the legacy model Namespace)

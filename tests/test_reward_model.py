@@ -19,7 +19,7 @@ from gpts_fairseq.bandit.synthetic import TrendProblem
 from gpts_fairseq.bandit.thompson import interaction_generator
 from gpts_fairseq.masking import Psi
 from gpts_fairseq.tasks.gpts_mlm import GPTSMaskedLMConfig
-from gpts_fairseq.tasks.options import build_policy
+from gpts_fairseq.interactions.options import build_policy
 
 
 def feed(policy, problem, rounds, seed=0):

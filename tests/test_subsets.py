@@ -9,12 +9,12 @@ import torch
 
 from gpts_fairseq.subsets import SubsetConfig, validate_subset_config
 from gpts_fairseq.subsets.dataset import EpochSubsetDataset
-from gpts_fairseq.subsets.epochs import EpochSubsets, keyed_generator
+from gpts_fairseq.runtime import keyed_generator, single_thread
+from gpts_fairseq.subsets.epochs import EpochSubsets
 from gpts_fairseq.subsets.selection import (
     cosine_kernel,
     facility_location_orders,
     lazy_greedy,
-    one_thread,
     partition_budgets,
     random_partitions,
     sample_from_gains,
@@ -132,9 +132,9 @@ def test_selection_independent_of_thread_count():
     assert torch.get_num_threads() == threads
 
 
-def test_one_thread_restores_the_thread_count():
+def test_single_thread_restores_the_thread_count():
     threads = torch.get_num_threads()
-    with one_thread():
+    with single_thread():
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == threads
 
@@ -274,7 +274,8 @@ def _padded_blocks(dictionary, count=7, seed=2):
 def test_truncated_features_equal_the_full_forward_bit_for_bit():
     """The pass stops at the feature layer (no layer above it runs) and its states are the whole
     forward's inner_states, bit for bit, at every layer, with and without padding."""
-    from gpts_fairseq.subsets.features import mean_pooled_states, truncatable_encoder, truncated_states
+    from gpts_fairseq.compat.models import truncatable_encoder, truncated_states
+    from gpts_fairseq.subsets.features import mean_pooled_states
 
     model, dictionary = tiny_roberta(layers=4)
     model.eval()
@@ -316,7 +317,8 @@ class _NoStates(_Wrapped):
 
 
 def test_other_models_fall_back_to_the_full_forward():
-    from gpts_fairseq.subsets.features import block_features, truncatable_encoder
+    from gpts_fairseq.compat.models import truncatable_encoder
+    from gpts_fairseq.subsets.features import block_features
 
     model, dictionary = tiny_roberta(layers=3)
     tokens = _padded_blocks(dictionary, count=6)
@@ -333,7 +335,7 @@ def test_truncated_features_of_a_growing_model_equal_its_full_forward():
     """gpts_roberta_grow (2 of 4 layers active: the inactive ones pass x through) is truncated too."""
     from test_growth import VOCAB, build
 
-    from gpts_fairseq.subsets.features import truncatable_encoder, truncated_states
+    from gpts_fairseq.compat.models import truncatable_encoder, truncated_states
 
     model = build("--grow-stages", "0:layers=2,ffn=32,tokens=32;5:layers=4,ffn=64,tokens=32").eval()
     encoder = truncatable_encoder(model)

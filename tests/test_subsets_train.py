@@ -20,6 +20,7 @@ import torch
 from conftest import TINY_MODEL, json_log, run_fairseq
 from fairseq import options, tasks
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from gpts_fairseq.events import read_events
 from gpts_fairseq.subsets.store import load_subset, save_subset, subset_path
 
 RECORDER = Path(__file__).resolve().parent / "fairseq_recorder.py"
@@ -101,10 +102,12 @@ def test_mid_epoch_resume_is_exact_and_reads_the_selection(tiny_corpus, tmp_path
     assert checkpoint.exists()
 
     def killed_run_dir(name):
-        """What a run killed after update 8 leaves: its checkpoint and the selections of epochs 1-3."""
+        """What a run killed after update 9 leaves: the checkpoint of update 8, the selections of
+        epochs 1-3 and an event log that holds epoch 4's selection too."""
         target = tmp_path / name
         (target / "subset").mkdir(parents=True)
         shutil.copy(checkpoint, target / "checkpoint_last.pt")
+        shutil.copy(tmp_path / "full" / "gpts_subsets_events.jsonl", target)
         for epoch in (1, 2, 3):
             shutil.copy(subset_path(str(tmp_path / "full"), epoch), subset_path(str(target), epoch))
         return target
@@ -126,6 +129,13 @@ def test_mid_epoch_resume_is_exact_and_reads_the_selection(tiny_corpus, tmp_path
     assert losses(resumed) == losses(full)[8:]
     final = [torch.load(d / "checkpoint_last.pt", weights_only=False)["model"] for d in (tmp_path / "full", resumed_dir)]
     assert all(torch.equal(final[0][name], final[1][name]) for name in final[0])
+
+    def selections(save_dir):  # one event per selection: the resume dropped epoch 4's and selected it again
+        return [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in read_events(str(save_dir), "subsets")]
+
+    assert [(r["epoch"], r["update"], r["kind"], r["size"]) for r in selections(tmp_path / "full")] == \
+        [(1, 0, "warmup", 24), (2, 3, "ingenious", 24), (3, 6, "ingenious", 24), (4, 9, "ingenious", 24)]
+    assert selections(resumed_dir) == selections(tmp_path / "full")
 
     assert failed.returncode != 0
     assert "is not the one this checkpoint trained on" in failed.stderr + failed.stdout

@@ -11,7 +11,6 @@ hundreds of observations). The explicit factorisation also gives control over ji
 failure, and the posterior of one summand of an additive kernel.
 """
 
-import contextlib
 import math
 
 import gpytorch
@@ -198,19 +197,3 @@ def posterior(model: SurrogateGP, x: torch.Tensor, y: torch.Tensor, test_x: torc
     if not (torch.isfinite(mean).all() and torch.isfinite(variances).all()):
         raise GPNumericalError("the posterior has non-finite values")
     return mean, covariance
-
-
-@contextlib.contextmanager
-def single_thread():
-    """Run the block with one intra-op thread: BLAS/LAPACK results then do not depend on the
-    thread count, so decisions are bitwise reproducible (and at bandit sizes one thread is
-    not slower; benchmarks/bandit_overhead.py measures both)."""
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)

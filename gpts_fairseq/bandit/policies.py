@@ -27,7 +27,8 @@ from ..masking.spec import Psi
 from ..psi_names import FAIRSEQ_DEFAULT_PSI, PSI_FIELDS
 from .arms import ArmSpace
 from .fit import FitSettings, fit_hyperparameters
-from .gp import ArmGP, GPNumericalError, check_choice, posterior, single_thread
+from ..runtime import single_thread
+from .gp import ArmGP, GPNumericalError, check_choice, posterior
 from .reward_model import REWARD_MODELS, TrendGP, trend_inputs
 from .rewards import ROBUST_CLIP, robust_standardise
 from .thompson import interaction_generator, thompson_draw

@@ -6,19 +6,18 @@ without saving generator state, and a run that skips or repeats a call cannot sh
 draws.
 """
 
-import hashlib
-
 import torch
 
+from ..runtime import seeded_generator
 from .gp import GPNumericalError, robust_cholesky
 
 SAMPLE_JITTERS = (1e-8, 1e-6, 1e-4)
 
 
 def interaction_generator(seed: int, interaction: int, stream: str) -> torch.Generator:
-    """A CPU generator for one interaction; ``stream`` separates independent uses."""
-    digest = hashlib.sha256(f"{int(seed)}/{stream}/{int(interaction)}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    """A CPU generator for one interaction; ``stream`` separates independent uses. The key's
+    text 'SEED/STREAM/INTERACTION' is part of every decision: changing it changes them all."""
+    return seeded_generator(f"{int(seed)}/{stream}/{int(interaction)}")
 
 
 def thompson_draw(mean: torch.Tensor, covariance: torch.Tensor, generator: torch.Generator) -> tuple[int, float]:

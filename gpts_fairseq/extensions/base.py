@@ -1,10 +1,12 @@
 """Training extensions: what one method may do inside gpts_mlm's lifecycle.
 
 Each method (GP-TS masking interactions, subsets, growth, the architecture searches) is one
-``TrainingExtension``. The task is a generic driver: it builds the extensions turned on by the
-task's options (``enabled(cfg)``, in ``__init__``) or by the model (``enabled_for_model(model)``,
-in ``build_model``: growth and super-nets are chosen with ``--arch``), in ``EXTENSIONS`` order,
-and calls their hooks in this order:
+``TrainingExtension``, registered in ``gpts_fairseq.extensions.EXTENSIONS``; its options are
+the fields of its ``config`` dataclass, which the task's config inherits. The task is a generic
+driver: it builds the extensions turned on by the task's options (``enabled(cfg)``, in
+``__init__``) or by the model (``enabled_for_model(model)``, in ``build_model``: growth and
+super-nets are chosen with ``--arch``), in ``EXTENSIONS`` order, and calls their hooks in this
+order:
 
 ==========================  ===================================================================
 task event                  hook (every enabled extension, in registry order)
@@ -17,15 +19,20 @@ task ``__init__``           ``check_options(cfg)`` (classmethod, *every* registe
 ``get_batch_iterator``      ``dataset = ext.epoch_dataset(dataset, epoch, batching)`` for the
   (training split only)     training split: choose the epoch's examples
 ``begin_epoch``             ``ext.begin_epoch(epoch, model)``
-``train_step``              ``ext.before_update(model, optimizer, update_num)``, then the task
-                            masks the batch with ``context.psi``, then
-                            ``sample = ext.transform_batch(sample, model)``, the update, then
-                            ``ext.after_update(model, update_num)``
-``valid_step``              the task masks at the reference ψ and runs the criterion, then
+``train_step`` (each;       ``ext.before_update(model, optimizer, update_num)``, then the task
+  several per update with   masks the batch with the ψ in force (the first extension whose
+  ``--update-freq``)        ``training_psi()`` is not None; else the options' first ψ), then
+                            ``sample = ext.transform_batch(sample, model)``, then the forward
+                            and backward pass
+``optimizer_step`` (once    the optimizer's step, then ``ext.after_update(model, update_num)``
+  per update)               (the update is done: fairseq's count is ``update_num + 1``)
+``valid_step``              the task masks at the reference ψ (or the ψ in force with
+                            ``--gpts-valid-masking train``) and runs the criterion, then
                             ``ext.after_validation(sample, model, criterion, loss, sample_size,
-                            logging_output)``
+                            logging_output)`` with the batch as fairseq gave it (unmasked)
 checkpoint save / resume    ``ext.state_dict()`` / ``ext.load_state_dict(state)``, under the
-                            key ``ext.name`` in the task's checkpoint dict
+                            key ``ext.name`` in the task's checkpoint dict; on resume every
+                            event log drops the records of the checkpoint's update and later
 ==========================  ===================================================================
 
 Rules every extension keeps:
@@ -33,7 +40,7 @@ Rules every extension keeps:
   through ``ExtensionContext``.
 - Decisions are keyed by (seed, update or epoch) and taken identically on every rank, or taken
   on rank 0 and broadcast (``gpts_fairseq.runtime``); resume is exact.
-- Its events go to ``context.events(name)`` (schema-checked JSONL in the save dir), never only
+- Its events go to ``context.events(name, schema)`` (schema-checked JSONL in the save dir), never only
   to log messages.
 """
 
@@ -59,10 +66,14 @@ class ExtensionContext:
     """What the task lends its extensions (so that none imports it).
 
     ``mask(sample, psi, step)``: the batch masked as the task masks it (step 0 = validation).
-    ``reference_psi``: the fixed validation masking. ``reference_loss(module, criterion)``: the
-    loss of the fixed reward batches at the reference masking, eval mode, RNGs untouched.
-    ``events(name)``: the event log of an extension (see ``gpts_fairseq.events``).
-    ``psi()``: the masking in force for training (owned by the interactions extension).
+    ``reference_psi``: the fixed validation masking. ``reference_loss(module, criterion=None,
+    update=None)``: the loss in bits of the fixed reward batches (the first
+    ``--gpts-reward-batches`` validation batches) at the reference masking, eval mode, on the
+    calling rank alone; ``criterion`` None: the one of the training step in progress; with
+    ``update`` (the update about to run) fairseq's validation at that point is reused when it
+    covered every reward batch. ``events(name, schema)``: the event log of an extension
+    (``gpts_fairseq.events.EventLog``; written by the first rank only). ``psi()``: the masking
+    in force for training. ``updates()``: fairseq's update count (updates finished).
     """
 
     cfg: Any
@@ -72,8 +83,14 @@ class ExtensionContext:
     mask: Callable[[dict, Any, int], dict]
     reference_psi: Any
     reference_loss: Callable[[torch.nn.Module, Any], float]
-    events: Callable[[str], Any]
+    events: Callable[[str, dict], Any]
     psi: Callable[[], Any]
+    updates: Callable[[], int] = lambda: 0
+
+
+class ExtensionDriver:
+    """Marker of a task that runs training extensions (``gpts_mlm``): a model whose training
+    needs an extension (``enabled_for_model``) refuses other tasks."""
 
 
 class TrainingExtension:
@@ -81,6 +98,7 @@ class TrainingExtension:
     event log's name) and override what their method needs."""
 
     name: ClassVar[str] = ""
+    config: ClassVar[type | None] = None  # the dataclass of its options, mixed into the task's config
 
     @classmethod
     def enabled(cls, cfg) -> bool:
@@ -112,6 +130,10 @@ class TrainingExtension:
 
     def begin_epoch(self, epoch: int, model: torch.nn.Module) -> None:
         pass
+
+    def training_psi(self):
+        """The masking ψ this extension puts in force for training, or None (it sets none)."""
+        return None
 
     def before_update(self, model: torch.nn.Module, optimizer, update_num: int) -> None:
         pass

@@ -5,6 +5,6 @@
   optimizer state);
 - ``model``: the architecture ``gpts_roberta_grow`` (registered on import);
 - ``flops``: FLOPs per update of the active sub-network;
-- ``hooks``: what the gpts_mlm task calls each update (grow when due, re-warm the LR, fold
-  rows to the stage's length).
+- ``extension``: the training extension a ``gpts_roberta_grow`` model turns on (grow when due,
+  re-warm the LR, fold rows to the stage's length, one event per growth).
 """

@@ -16,15 +16,16 @@ import math
 
 import torch
 import torch.nn.functional as F
-from fairseq.distributed import fsdp_wrap
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.roberta.model import RobertaEncoder, RobertaModel, base_architecture
 from fairseq.models.transformer import TransformerConfig, TransformerEncoder
 from fairseq.modules.quant_noise import quant_noise
 from fairseq.modules.transformer_layer import TransformerEncoderLayerBase
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
-from fairseq.utils import safe_getattr, safe_hasattr
+from fairseq.utils import safe_getattr
 
+from ..compat.models import default_max_positions, wrap_encoder_layer
+from ..extensions.base import ExtensionDriver
 from .operators import DEPTH_MODES, OPTIMIZER_MODES, stack_layer, tile_ffn, zero_residual_branches
 from .stages import Stage, parse_stages
 
@@ -74,7 +75,7 @@ class GrowEncoderLayer(TransformerEncoderLayerBase):
 class GrowTransformerEncoder(TransformerEncoder):
     def build_encoder_layer(self, cfg):
         cfg = TransformerConfig.from_namespace(cfg)
-        return fsdp_wrap(GrowEncoderLayer(cfg, return_fc=self.return_fc), min_num_params=cfg.min_params_to_wrap)
+        return wrap_encoder_layer(GrowEncoderLayer(cfg, return_fc=self.return_fc), cfg)
 
 
 class GrowRobertaEncoder(RobertaEncoder):
@@ -114,10 +115,7 @@ class GrowRobertaModel(RobertaModel):
         if structured:
             OmegaConf.set_struct(args, False)
         grow_base_architecture(args)
-        if not safe_hasattr(args, "max_positions"):  # as RobertaModel.build_model
-            if not safe_hasattr(args, "tokens_per_sample"):
-                args.tokens_per_sample = task.max_positions()
-            args.max_positions = args.tokens_per_sample
+        default_max_positions(args, task)
         check_options(args, task)
         encoder = GrowRobertaEncoder(args, task.source_dictionary)
         if structured:
@@ -207,9 +205,7 @@ def check_options(args, task) -> None:
         raise ValueError(f"--grow-rewarm-updates must be an integer >= 0, got {args.grow_rewarm_updates}")
     if len(stages) == 1:
         return
-    from ..tasks.gpts_mlm import GPTSMaskedLMTask  # the task runs the growth hook
-
-    if not isinstance(task, GPTSMaskedLMTask):
+    if not isinstance(task, ExtensionDriver):  # the task runs the growth extension
         raise ValueError(f"--grow-stages with more than one stage needs --task gpts_mlm (it grows the model and "
                          f"folds rows); got task {type(task).__name__}")
     if safe_getattr(args, "encoder_layerdrop", 0.0) > 0 or safe_getattr(args, "encoder_layers_to_keep", None):

@@ -29,7 +29,8 @@ def build_run_policy(fairseq_args: Sequence[str]):
     from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
-    from ..tasks.options import build_policy, validate_config
+    from ..interactions.options import build_policy, validate_config
+    from ..masking.options import first_psi
 
     args, skip = [], False
     for arg in fairseq_args:
@@ -46,8 +47,8 @@ def build_run_policy(fairseq_args: Sequence[str]):
         warnings.simplefilter("ignore")
         namespace = options.parse_args_and_arch(options.get_training_parser(), input_args=args)
         cfg = convert_namespace_to_omegaconf(namespace).task
-    first, _ = validate_config(cfg)
-    return build_policy(cfg, first), cfg
+    validate_config(cfg)
+    return build_policy(cfg, first_psi(cfg)), cfg
 
 
 def _progress(cfg, update: int, epoch: int | None) -> float:

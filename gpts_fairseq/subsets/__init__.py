@@ -4,7 +4,7 @@ One module per job: ``options`` (the ``--subset-*`` dataclass and its checks), `
 (facility location, lazy and stochastic greedy, partitions, Taylor-softmax sampling; plain
 torch), ``features`` (mean-pooled hidden states), ``store`` (selection files and their hash),
 ``dataset`` (the epoch's view of the training set), ``epochs`` (which blocks each epoch trains
-on, agreed by all ranks).
+on, agreed by all ranks, and their events), ``extension`` (the training extension).
 """
 
 # fairseq first: importing it runs the install hook, which imports gpts_mlm and through it the

@@ -7,12 +7,10 @@ pass stops there (no layers above it, no final layer norm, no LM head); other mo
 
 import torch
 from fairseq import utils
-from fairseq.models.roberta.model import RobertaEncoder
-from fairseq.models.transformer import TransformerEncoderBase
 
-from ..distributed import fork_rngs
+from ..compat.models import truncatable_encoder, truncated_states
+from ..runtime import collective_device, fork_rngs, single_thread
 from .options import MIDDLE_LAYER
-from .selection import one_thread
 
 
 def state_index(layer: int, num_layers: int) -> int:
@@ -22,33 +20,6 @@ def state_index(layer: int, num_layers: int) -> int:
         raise ValueError(f"--subset-feature-layer must be in [0, {num_layers}] for this model "
                          f"(0 = embeddings), got {layer}")
     return index
-
-
-def truncatable_encoder(model) -> TransformerEncoderBase | None:
-    """The TransformerEncoder of a RoBERTa-style model whose forward is fairseq's own (so
-    ``truncated_states`` runs the same steps), or None."""
-    outer = getattr(model, "encoder", None)
-    inner = getattr(outer, "sentence_encoder", None)
-    stock = (isinstance(outer, RobertaEncoder) and isinstance(inner, TransformerEncoderBase)
-             and type(outer).extract_features is RobertaEncoder.extract_features
-             and type(inner).forward_scriptable is TransformerEncoderBase.forward_scriptable
-             and type(inner).forward_embedding is TransformerEncoderBase.forward_embedding)
-    return inner if stock else None
-
-
-def truncated_states(encoder: TransformerEncoderBase, tokens: torch.Tensor, index: int) -> torch.Tensor:
-    """T x B x C: the state after layer ``index``, by the steps of fairseq's
-    ``TransformerEncoderBase.forward_scriptable`` up to it (embeddings, pads zeroed, the padding
-    mask when a block is padded, always on XLA): equal to its ``encoder_states[index]`` bit for bit."""
-    padding = tokens.eq(encoder.padding_idx)
-    has_pads = torch.tensor(tokens.device.type == "xla") or padding.any()
-    x, _ = encoder.forward_embedding(tokens)
-    x = (x * (1 - padding.unsqueeze(-1).type_as(x) * has_pads.type_as(x))).transpose(0, 1)
-    mask = padding if has_pads else None
-    for i in range(index):
-        out = encoder.layers[i](x, encoder_padding_mask=mask)
-        x = out[0] if isinstance(out, tuple) else out  # layers built with return_fc give (x, fc)
-    return x
 
 
 def full_forward_states(model, tokens: torch.Tensor, layer: int) -> torch.Tensor:
@@ -64,7 +35,7 @@ def full_forward_states(model, tokens: torch.Tensor, layer: int) -> torch.Tensor
 def mean_pooled_states(model, sample, layer: int, pad_idx: int, *, full_forward: bool = False) -> torch.Tensor:
     """[B, C] float32: the hidden state after ``layer`` (0 = embeddings), averaged over each
     block's non-pad tokens; computed up to that layer only when the model allows it (see
-    ``truncatable_encoder``), or always by the whole forward with ``full_forward``."""
+    ``compat.models.truncatable_encoder``), or always by the whole forward with ``full_forward``."""
     tokens = sample["net_input"]["src_tokens"]
     encoder = None if full_forward else truncatable_encoder(model)
     if encoder is None:
@@ -96,7 +67,7 @@ def block_features(model, dataset, batches, *, layer: int, pad_idx: int, rank: i
     table = None
     model.eval()
     try:
-        with fork_rngs(), torch.no_grad(), one_thread():
+        with fork_rngs(), torch.no_grad(), single_thread():
             for batch in batches[rank::world_size]:
                 sample = utils.apply_to_sample(lambda t: t.to(device), dataset.collater([dataset[i] for i in batch]))
                 pooled = mean_pooled_states(model, sample, layer, pad_idx, full_forward=full_forward).cpu()
@@ -106,11 +77,11 @@ def block_features(model, dataset, batches, *, layer: int, pad_idx: int, rank: i
     finally:
         model.train(was_training)
     if world_size > 1:
-        width = torch.tensor([0 if table is None else table.shape[1]], dtype=torch.long)
+        width = torch.tensor([0 if table is None else table.shape[1]], dtype=torch.long, device=collective_device(group))
         torch.distributed.all_reduce(width, op=torch.distributed.ReduceOp.MAX, group=group)
         if table is None:
             table = torch.zeros(len(dataset), int(width))
-        table = table.to(device)
+        table = table.to(collective_device(group))
         torch.distributed.reduce(table, dst=dst, group=group)
         table = table.cpu()
         return table if torch.distributed.get_rank() == dst else None

@@ -3,29 +3,16 @@
 Per random partition of the corpus: a dense cosine kernel K (float32, 4·s² bytes for s blocks),
 a greedy order of the facility-location function f(S) = Σ_i max(0, max_{j∈S} K_ij) with each
 pick's marginal gain, then a draw without replacement from the Taylor-softmax of the gains,
-each partition contributing in proportion to its size. Everything runs on one thread (see
-``one_thread``), so a selection is a pure function of the features and the seed.
+each partition contributing in proportion to its size. Run on one thread
+(``runtime.single_thread``), a selection is a pure function of the features and the seed.
 """
 
-import contextlib
 import math
 
 import torch
 
 # the lazy greedy re-evaluates this many stale upper bounds at once (one s×B kernel slice)
 LAZY_BLOCK = 32
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Intra-op parallelism splits reductions differently per thread count; a selection must not
-    depend on it (nor on the machine's cores), so it runs on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def cosine_kernel(features: torch.Tensor) -> torch.Tensor:

@@ -21,8 +21,13 @@ def subset_hash(indices: torch.Tensor) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def subset_file(epoch: int) -> str:
+    """The selection file of ``epoch``, relative to the save dir."""
+    return os.path.join(SUBSET_DIR, f"epoch_{epoch}.pt")
+
+
 def subset_path(save_dir: str, epoch: int) -> str:
-    return os.path.join(save_dir, SUBSET_DIR, f"epoch_{epoch}.pt")
+    return os.path.join(save_dir, subset_file(epoch))
 
 
 def save_subset(save_dir: str, epoch: int, indices: torch.Tensor, info: dict) -> str:

@@ -22,7 +22,7 @@ import torch
 from fairseq import checkpoint_utils, tasks
 from fairseq.models import ARCH_MODEL_REGISTRY
 
-from ..tasks.fairseq_compat import allow_fairseq_checkpoints
+from ..compat import allow_fairseq_checkpoints
 from .model import ARCH, SuperRobertaModel
 from .space import DIMS, SubArch
 

@@ -4,8 +4,8 @@ One job: decide, once per training step, whether an interaction ends, and if so 
 data-parallel rank onto the same new ψ. It owns the ``InteractionLoop`` (the only owner of ψ),
 the history file, the rank agreement (rank 0 measures and decides, then broadcasts ψ and the
 boundary counters as one small float64 tensor; other ranks keep no bandit state), the RNG fork
-around the reward pass, the unwrapping of DDP, and its checkpoint sub-dict. The task gives it a
-"measure the reference loss" callable and calls ``step`` at the top of ``train_step``.
+around the reward pass, and its checkpoint state. The interactions extension gives it a
+"measure the reference loss" callable and calls ``step`` before every update.
 
 The checkpoint keeps the options that define what a reward means (``options``); a resume with
 other values stops, naming the option, unless ``allow_option_change``: then the bandit keeps
@@ -25,12 +25,11 @@ import os
 from collections.abc import Callable, Mapping
 
 import torch
-from fairseq.distributed import utils as distributed_utils
 from fairseq.logging import metrics
 
 from ..bandit.loop import BOUNDARY_COUNTERS, InteractionLoop
-from ..distributed import data_parallel_rank_and_size, fork_rngs
 from ..masking.spec import PSI_FIELDS, Psi
+from ..runtime import broadcast_from_leader, data_parallel_rank_and_size, fork_rngs, is_leader, unwrap_model
 from ..report.history import HISTORY_FILE, parse_interaction
 
 logger = logging.getLogger(__name__)
@@ -74,8 +73,8 @@ class InteractionController:
 
     def step(self, model: torch.nn.Module, update: int, epoch: int,
              measure: Callable[[torch.nn.Module], float]) -> Psi:
-        """Called before every update (by ``train_step``); returns the ψ to mask with. At an
-        interaction boundary rank 0 calls ``measure(unwrapped_model)`` with the global RNGs
+        """Called before every update (by the extension's ``before_update``); returns the ψ to
+        mask with. At an interaction boundary rank 0 calls ``measure(unwrapped_model)`` with the global RNGs
         forked (a resumed run measures at a different moment of the RNG stream than an
         uninterrupted one), finishes the interaction and decides; every rank then agrees."""
         if self._resumed:
@@ -90,7 +89,7 @@ class InteractionController:
         rank, world_size = data_parallel_rank_and_size()
         if rank == 0:
             with fork_rngs():
-                loss = measure(_unwrap(model))
+                loss = measure(unwrap_model(model))
             if starting:
                 self.loop.start(loss, update=clock_update, epoch=clock_epoch, progress=self.progress(update, epoch))
                 logger.info(f"gpts: reference validation loss before interaction {self.loop.interaction}: {loss:.4f}")
@@ -110,15 +109,11 @@ class InteractionController:
 
     def _agree(self):
         """Rank 0's ψ and counters, to every data-parallel rank: 7 float64 numbers (exact)."""
-        group = distributed_utils.get_data_parallel_group()
-        device = torch.device("cuda", torch.cuda.current_device()) \
-            if torch.distributed.get_backend(group) == "nccl" else torch.device("cpu")
         loop = self.loop
-        boundary = torch.tensor([*(getattr(loop.psi, name) for name in PSI_FIELDS),
-                                 *(float(getattr(loop, name)) for name in BOUNDARY_COUNTERS)],
-                                dtype=torch.float64, device=device)
-        torch.distributed.broadcast(boundary, src=torch.distributed.get_global_rank(group, 0), group=group)
-        if data_parallel_rank_and_size()[0] != 0:
+        boundary = broadcast_from_leader(torch.tensor([*(getattr(loop.psi, name) for name in PSI_FIELDS),
+                                                       *(float(getattr(loop, name)) for name in BOUNDARY_COUNTERS)],
+                                                      dtype=torch.float64))
+        if not is_leader():
             values = boundary.tolist()
             psi = Psi(**dict(zip(PSI_FIELDS, values)))
             counters = dict(zip(BOUNDARY_COUNTERS, values[len(PSI_FIELDS):]))
@@ -154,7 +149,7 @@ class InteractionController:
         state = {"format": STATE_FORMAT, "update": self.next_update, "epoch": self.epoch,
                  "update_offset": self.update_offset, "epoch_offset": self.epoch_offset, "options": dict(self.options)}
         if self.loop is not None:
-            leader = data_parallel_rank_and_size()[0] == 0
+            leader = is_leader()
             state["loop"] = self.loop.state_dict() if leader else self.loop.boundary_state()
         return state
 
@@ -165,7 +160,7 @@ class InteractionController:
         self.update_offset, self.epoch_offset = int(state["update_offset"]), int(state["epoch_offset"])
         self._resumed = True
         changes = self._option_changes(state["options"])
-        leader = data_parallel_rank_and_size()[0] == 0
+        leader = is_leader()
         saved_loop = state.get("loop")
         if changes:
             self._resume_with_changes(saved_loop, changes, leader)
@@ -236,11 +231,3 @@ def _log_interaction(record):
     for name, value in values.items():
         if value is not None:
             metrics.log_scalar(name, value, round=5)
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside DDP and fairseq's proxy wrappers: rank 0 alone runs it, so no
-    collective may happen."""
-    while isinstance(getattr(model, "module", None), torch.nn.Module):
-        model = model.module
-    return model

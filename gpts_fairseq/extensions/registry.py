@@ -1,0 +1,9 @@
+"""``EXTENSIONS``: every training extension, in the order their hooks run (see ``base``). A new
+method adds its class here; its options join the task's config through its ``config`` class."""
+
+from ..growth.extension import GrowthExtension
+from ..interactions.extension import InteractionsExtension
+from ..subsets.extension import SubsetsExtension
+
+# interactions first: ψ is decided before growth measures and masks are made
+EXTENSIONS = (InteractionsExtension, SubsetsExtension, GrowthExtension)
