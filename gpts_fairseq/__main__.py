@@ -83,9 +83,11 @@ def build_corpus(out: Path) -> Path:
     text.mkdir(parents=True, exist_ok=True)
     (text / "train.txt").write_text("\n".join(l for i, l in enumerate(lines) if i % 20) + "\n")
     (text / "valid.txt").write_text("\n".join(l for i, l in enumerate(lines) if i % 20 == 0) + "\n")
-    subprocess.run([sys.executable, "-m", "fairseq_cli.preprocess", "--only-source", "--trainpref",
-                    str(text / "train.txt"), "--validpref", str(text / "valid.txt"), "--destdir", str(data),
-                    "--nwordssrc", str(DEMO_VOCAB), "--workers", "1"], check=True, stdout=subprocess.DEVNULL)
+    done = subprocess.run([sys.executable, "-m", "fairseq_cli.preprocess", "--only-source", "--trainpref",
+                           str(text / "train.txt"), "--validpref", str(text / "valid.txt"), "--destdir", str(data),
+                           "--nwordssrc", str(DEMO_VOCAB), "--workers", "1"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"fairseq-preprocess failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return data
 
 
