@@ -12,6 +12,7 @@ Synthetic runs (validated every 10 updates, budget 40):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -527,3 +528,16 @@ def test_replayed_posteriors_reproduce_the_runs_decisions(tmp_path):
     out = tmp_path / "report"
     assert cli.main([str(SUITE_RUN), "--replay-posteriors", "--out", str(out)]) == 0
     assert (out / "posterior_gp-ts-trend_seed_1.png").is_file()
+
+
+def test_reward_range_is_set_by_the_later_rewards_when_the_first_dwarfs_them(tmp_path, monkeypatch):
+    from gpts_fairseq.report.plots import plot_rewards
+
+    rewards = [0.3, 0.01, 0.02, -0.005, 0.015]
+    run = _trend_run(count=len(rewards))
+    run.interactions = [dataclasses.replace(i, reward=r) for i, r in zip(run.interactions, rewards)]
+    figures = _capture_figures(monkeypatch)
+    plot_rewards([run], tmp_path / "reward.png")
+    bottom, top = figures[0].axes[0].get_ylim()
+    assert bottom <= -0.005 and 0.02 <= top < 0.03  # the later rewards fill the axes
+    assert any("+0.300 (off the scale)" in text.get_text() for text in figures[0].axes[0].texts)

@@ -114,6 +114,18 @@ def plot_rewards(runs: Sequence[Run], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 3.6))
     _thin_and_mean(ax, groups, _RewardSeries(), _colours(list(groups)))
     ax.axhline(0.0, color="0.5", lw=0.6)
+    # the first reward (from the untrained model's loss) is often many times the rest: the
+    # y range then comes from the later ones, and the first is written where it leaves the axes
+    later = [i.reward for r in runs for i in r.interactions[1:] if i.reward is not None]
+    first = [r.interactions[0].reward for r in runs if r.interactions and r.interactions[0].reward is not None]
+    if later and first:
+        low, high = min(later + [0.0]), max(later)
+        pad = 0.08 * (high - low or 1e-9)
+        if max(first) > high + 3 * (high - low):
+            ax.set_ylim(low - pad, high + pad)
+            ax.annotate(f"interaction 0: {max(first):+.3f} (off the scale)", (0, high + pad), xytext=(4, -10),
+                        textcoords="offset points", fontsize=7, va="top", arrowprops={"arrowstyle": "->"})
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("interaction")
     ax.set_ylabel("reward")
     ax.set_title("reward per interaction (thin: seeds, thick: mean)")
