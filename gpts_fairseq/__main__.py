@@ -135,7 +135,7 @@ def launch(label: str, data: Path, save: Path, threads: int) -> DemoRun:
 
     policy, rho, options = DEMO_POLICIES[label]
     save.mkdir(parents=True, exist_ok=True)
-    for stale in (LOG_FILE, HISTORY_FILE):
+    for stale in (LOG_FILE, HISTORY_FILE, "checkpoint_last.pt"):
         (save / stale).unlink(missing_ok=True)  # the demo always starts from scratch
     args = [*DEMO_TRAIN, "--gpts-policy", policy, "--mask-prob", str(rho), *options]
     RunInfo(label=label, policy=policy, seed=DEMO_SEED, corpus="python-stdlib", budget_updates=DEMO_UPDATES,
