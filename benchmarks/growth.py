@@ -181,18 +181,14 @@ def summarise(results_root: Path) -> dict:
     return summary
 
 
-def _fmt(value, spec):
-    return "–" if value is None else format(value, spec)
-
-
 def write_summary(results_root: Path) -> dict:
     summary, rows = summarise(results_root), []
     for corpus, arms in summary.items():
         for arm, s in (arms.items() if corpus != "pass" else ()):
             jumps = [j for r in s["runs"] for j in r["jumps"]]
             rows.append([corpus, arm, len(s["runs"]), f"{s['final_mean']:.3f} ± {s['final_std']:.3f}",
-                         f"{s['reached']}/{len(s['runs'])}", _fmt(s["median_flops_ratio"], ".2f"),
-                         _fmt(s["median_wall_ratio"], ".2f"), f"{statistics.fmean(jumps):+.3f}" if jumps else "–"])
+                         f"{s['reached']}/{len(s['runs'])}", harness.cell(s["median_flops_ratio"], ".2f"),
+                         harness.cell(s["median_wall_ratio"], ".2f"), f"{statistics.fmean(jumps):+.3f}" if jumps else "–"])
     verdict = summary["pass"]
     lines = [harness.md_table(["corpus", "arm", "seeds", "final loss (bits)", "reached target",
                                "FLOPs to target (× fixed)", "train wall to target (× fixed)", "loss jump at growth"],

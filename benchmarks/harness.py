@@ -6,11 +6,8 @@ it keeps only its arms, its protocol and its scoring.
 
 What it guarantees:
 
-- **The command line.** ``fairseq-train DATA --user-dir <gpts_fairseq> --task gpts_mlm
-  --criterion gpts_masked_lm MODEL FAIRSEQ ARM_ARGS --max-update B --seed S --cpu
-  --num-workers 0 --save-dir SAVE --log-format json --log-file SAVE/train.log`` plus
-  ``--no-save`` (unless ``keep_checkpoints``) and ``--finetune-from-model`` for a warm start,
-  with ``OMP/MKL_NUM_THREADS = threads`` (1: single-threaded runs side by side).
+- **The command line**: :meth:`RunSpec.command` (gpts_mlm, one log file in the save dir), with
+  ``OMP/MKL_NUM_THREADS = threads`` (1: single-threaded runs side by side).
 - **One result schema** (:data:`SCHEMA`), written atomically to
   ``RESULTS/<corpus>/<arm>/seed<seed>.json``: ``schema, corpus, arm, seed, budget_updates,
   fingerprint, arm_args, fairseq_args`` (portable), ``exit_code, stopped_early, wall_time_s,
@@ -32,18 +29,9 @@ What it guarantees:
   written starts again from an empty save dir.
 - **Portable**: no machine path in a result (save, data, work, warm-start and user dirs
   become ``<save>``, ``<data>``, ``<work>``, ``<warm-start>``, ``<user-dir>``); checked on write.
-- **Progress** (:func:`run_suite`): one line per finished run: runs done / to do, its time,
-  the mean time per run and the estimated time left.
-- **One fairseq log reader**: :func:`read_log` (built on ``gpts_fairseq.report.history``).
-- **The plateau check**: :func:`passed_previous_token_entropy`: the share of the budget a run
-  spent below its corpus' previous-token entropy H(X_i | X_{i-1}) (a model above it has not
-  yet used more than the previous token).
-- **A shared warm start**: :func:`warm_start` trains one model per (corpus, model, settings,
-  seed, margin) until a validation is ``margin_bits`` below the previous-token entropy (the
-  first such validation, wherever the run was stopped), stores its weights (only: no
-  optimizer, scheduler, data or task state) with its fingerprint, and returns it for every
-  arm (``RunSpec(warm_start=...)``: fairseq's ``--finetune-from-model``); a second call with
-  the same fingerprint trains nothing.
+- **Progress** (:func:`run_suite`), **one fairseq log reader** (:func:`read_log`), **the plateau
+  check** (:func:`passed_previous_token_entropy`) and **a shared warm start** (:func:`warm_start`:
+  weights only, trained once per fingerprint, given to every arm by ``RunSpec(warm_start=...)``).
 """
 
 from __future__ import annotations
@@ -383,6 +371,11 @@ def check(*rules: tuple[bool, str]) -> None:
 
 def verdict(complete: bool, passed: bool) -> str:
     return "incomplete" if not complete else "PASS" if passed else "FAIL"
+
+
+def cell(value, spec: str) -> str:
+    """``value`` formatted by ``spec`` for a table; "–" for None."""
+    return "–" if value is None else format(value, spec)
 
 
 def md_table(header: Sequence[str], align: str, rows) -> str:

@@ -246,8 +246,7 @@ def criteria(rows: list[dict], state_run: dict, complete: bool) -> dict:
 def table(analysis: dict) -> str:
     rows = [[r["state"], r["n"], r["weights"], *(f"{r['mean_reward'][arm]:+.5f}" for arm in ARMS),
              f"{r['effect']:+.5f}", f"{r['noise']:.5f}", f"{r['score']:.2f}",
-             "–" if r["paired_noise"] is None else f"{r['paired_noise']:.5f}",
-             "–" if r["paired_share"] is None else f"{r['paired_share']:.2f}"] for r in analysis["rows"]]
+             harness.cell(r["paired_noise"], ".5f"), harness.cell(r["paired_share"], ".2f")] for r in analysis["rows"]]
     return harness.md_table(["state", "n", "weights", "mean r (ρ 0.15)", "mean r (ρ 0.45)", "effect",
                              "noise (pooled sd)", "score", "paired sd", "paired / (noise·√2)"], "rrlrrrrrrr", rows)
 
