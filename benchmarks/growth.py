@@ -252,15 +252,12 @@ def measure_operators(data_dir: Path, settings: Settings, work_root: Path, resul
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", nargs="+", default=list(corpora.CORPORA), choices=corpora.CORPORA)
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--budget-updates", type=int, default=Settings.budget_updates,
                         help="FLOPs budget, in updates of the full model")
     parser.add_argument("--small-share", type=float, default=Settings.small_share)
     parser.add_argument("--valid-every", type=int, default=Settings.valid_every)
     parser.add_argument("--operators", action="store_true", help="only measure the loss jump of each operator")
-    harness.add_suite_arguments(parser, DEFAULT_RESULTS, DEFAULT_WORK, data=True)
+    harness.add_suite_arguments(parser, DEFAULT_RESULTS, DEFAULT_WORK, data=True, arms=ARMS)
     args = parser.parse_args(argv)
     settings = Settings(budget_updates=args.budget_updates, small_share=args.small_share, valid_every=args.valid_every)
     settings.validate()

@@ -384,9 +384,14 @@ def md_table(header: Sequence[str], align: str, rows) -> str:
     return "\n".join(["| " + " | ".join(header) + " |", rule, *("| " + " | ".join(map(str, r)) + " |" for r in rows)])
 
 
-def add_suite_arguments(parser, results_root: Path, work_root: Path, data: bool = False) -> None:
-    """The options drivers share: --jobs, --results-root, --work-root, --summary-only (and with
-    ``data``: --data-root, --max-lines)."""
+def add_suite_arguments(parser, results_root: Path, work_root: Path, data: bool = False, arms=None,
+                        seeds=(1, 2, 3)) -> None:
+    """The options drivers share: --jobs, --results-root, --work-root, --summary-only (with
+    ``data``: --data-root, --max-lines; with ``arms``: --corpus, --arms, --seeds)."""
+    if arms is not None:
+        parser.add_argument("--corpus", nargs="+", default=list(corpora.CORPORA), choices=corpora.CORPORA)
+        parser.add_argument("--arms", nargs="+", default=list(arms), choices=list(arms))
+        parser.add_argument("--seeds", nargs="+", type=int, default=list(seeds))
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side (each single-threaded)")
     parser.add_argument("--results-root", type=Path, default=results_root)
     parser.add_argument("--work-root", type=Path, default=work_root, help="fairseq save dirs (outside the repo)")
