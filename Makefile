@@ -1,6 +1,7 @@
 # gpts-fairseq: set-up, demo and tests.
 #
-#   make demo    set up, then a short GP-TS pre-training of a tiny RoBERTa (no download) + report
+#   make demo    set up, then GP-TS (trend reward model) against fixed rho 0.15 and 0.30, a tiny RoBERTa
+#                pre-trained three times side by side (~6 min on 2 idle cores, no download) + report
 #   make test    set up, then the test suite
 #   make gpu-check   on a CUDA machine (no set-up, no network): the GPU check (benchmarks/gpu_check.py)
 #

@@ -257,15 +257,14 @@ def write_summary(corpora_names: Sequence[str]) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = past_plateau.parse_args(__doc__, argv, ("--supernets-only", "train (or find) the super-nets and stop"))
-    if not args.summary_only:
+    if not args.summary_only:  # one (corpus, seed) pair at a time, so that partial results are whole pairs
         for seed in SEEDS:
             for corpus in args.corpus:
                 supernet(corpus, seed)
-        if not args.supernets_only:
-            for seed in SEEDS:
-                for corpus in args.corpus:
+                if not args.supernets_only:
                     further(corpus, seed)
                     scratch(corpus, seed)
+        if not args.supernets_only:
             for corpus in args.corpus:
                 tau(corpus)
     print(write_summary(args.corpus).read_text())

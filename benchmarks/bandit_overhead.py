@@ -20,20 +20,18 @@ from gpts_fairseq.bandit.synthetic import TrendProblem
 
 OBSERVATIONS = (10, 50, 100, 200, 500)
 SPACES = {"rho (10 arms)": "rho", "psi (1,000 arms)": "psi"}
-# column -> policy options: today's GP over the arms with our fit and the paper's, and the
-# trend-aware reward model (our fit)
+# column -> policy options: the GP over the arms with our fit and the paper's, and the trend reward model
 MODELS = {"ours": {}, "paper": {"fit": FitSettings.paper()}, "trend": {"reward_model": "trend"}}
 TARGET_MS = 50.0
+HISTORY = ("arms", "previous_arms", "rewards", "progress", "start_losses")  # the policy's observations
 
 
 def _append(policy, arm, reward, progress, loss):
-    """Add one observation without refitting (filling a long history by observe() would refit
-    at every step)."""
+    """Add one observation without refitting (observe() would refit at every step)."""
     previous = policy.arms[-1:] if policy.arms.shape[0] else arm.reshape(1, -1)
-    policy.arms = torch.cat([policy.arms, arm.reshape(1, -1)])
-    policy.previous_arms = torch.cat([policy.previous_arms, previous])
-    for name, value in (("rewards", reward), ("progress", progress), ("start_losses", loss)):
-        setattr(policy, name, torch.cat([getattr(policy, name), torch.tensor([value], dtype=torch.float64)]))
+    values = (arm.reshape(1, -1), previous, *(torch.tensor([v], dtype=torch.float64) for v in (reward, progress, loss)))
+    for name, value in zip(HISTORY, values):
+        setattr(policy, name, torch.cat([getattr(policy, name), value]))
 
 
 def decision_ms(variant, options, observations, repeats):
@@ -56,7 +54,7 @@ def decision_ms(variant, options, observations, repeats):
         policy.observe(arms[t], problem.reward(arms[t], t / 1000, t), t / 1000, start_loss=loss)
         policy.decide(t + 1, (t + 1) / 1000, start_loss=loss)
         times.append(time.perf_counter() - start)
-        for name in ("arms", "previous_arms", "rewards", "progress", "start_losses"):
+        for name in HISTORY:
             setattr(policy, name, getattr(policy, name)[:-1])
     return 1000 * statistics.median(times)
 

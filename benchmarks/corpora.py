@@ -38,11 +38,8 @@ Split = tuple[list[str], list[str]]
 
 
 def tokenize_line(line: str, scheme: str = "word") -> str:
-    """Space-separated tokens; one rule per scheme for prose, wiki text and C code.
-
-    ``word``: words/identifiers and single punctuation marks (``<unk>`` kept whole);
-    ``char``: every character, with spaces written as ``_SPACE``.
-    """
+    """Space-separated tokens. ``word``: words/identifiers and single punctuation marks (``<unk>``
+    kept whole); ``char``: every character, with spaces written as ``_SPACE``."""
     if scheme == "word":
         return " ".join(_TOKEN.findall(line))
     if scheme == "char":
@@ -51,18 +48,22 @@ def tokenize_line(line: str, scheme: str = "word") -> str:
 
 
 def _read_lines(path: Path) -> list[str]:
-    return path.read_text(encoding="utf-8").splitlines()
+    return Path(path).read_text(encoding="utf-8").splitlines()
+
+
+def _cut(lines: list[str], starts: list[int], what: str, where: Path, cut_at) -> Split:
+    if len(starts) < 2:
+        raise ValueError(f"{where}: expected several {what} headings")
+    cut = cut_at(starts)
+    return lines[:cut], lines[cut:]
 
 
 def split_wikitext(data_dir: Path) -> Split:
     """First 90% of articles (cut at ` = Title = ` headings) train, the rest valid."""
     lines = _read_lines(data_dir / "valid.txt")
     starts = [i for i, line in enumerate(lines) if _WIKI_TITLE.match(line)]
-    if len(starts) < 2:
-        raise ValueError(f"{data_dir}: expected several ` = Title = ` article headings")
-    n_train = math.ceil(0.9 * len(starts))
-    cut = starts[n_train] if n_train < len(starts) else starts[-1]
-    return lines[:cut], lines[cut:]
+    return _cut(lines, starts, "` = Title = ` article", data_dir,
+                lambda s: s[n] if (n := math.ceil(0.9 * len(s))) < len(s) else s[-1])
 
 
 def split_linux(data_dir: Path) -> Split:
@@ -77,11 +78,7 @@ def split_war_and_peace(data_dir: Path) -> Split:
     end = next((i for i, line in enumerate(lines) if line.startswith("*** END OF")), len(lines))
     body = lines[start:end]
     chapters = [i for i, line in enumerate(body) if _CHAPTER.match(line)]
-    if len(chapters) < 2:
-        raise ValueError(f"{data_dir}: expected several `CHAPTER <roman>` headings")
-    n_valid = max(1, round(0.1 * len(chapters)))
-    cut = chapters[len(chapters) - n_valid]
-    return body[:cut], body[cut:]
+    return _cut(body, chapters, "`CHAPTER <roman>`", data_dir, lambda s: s[len(s) - max(1, round(0.1 * len(s)))])
 
 
 SPLITTERS: dict[str, Callable[[Path], Split]] = {
@@ -93,20 +90,11 @@ CORPORA = tuple(SPLITTERS)
 
 
 def previous_token_entropy(lines: Sequence[str], eos: str = "</s>") -> float:
-    """H(X_i | X_{i-1}) in bits over the token stream fairseq trains on.
-
-    ``lines`` are tokenized (space-separated) lines; fairseq-preprocess ends each with
-    ``</s>`` and ``--sample-break-mode none`` concatenates them, so the stream runs across line
-    ends. A model whose masked-token loss is below this uses more than the previous token:
-    the pre-registered comparison trains until it gets there (benchmarks/pretrain.py).
-    """
-    pairs: Counter[tuple[str, str]] = Counter()
-    previous = None
-    for line in lines:
-        for token in [*line.split(), eos]:
-            if previous is not None:
-                pairs[previous, token] += 1
-            previous = token
+    """H(X_i | X_{i-1}) in bits over the token stream fairseq trains on: ``lines`` tokenized
+    (space-separated), each ended by ``eos`` and concatenated across line ends (as
+    fairseq-preprocess and ``--sample-break-mode none`` do)."""
+    stream = [token for line in lines for token in (*line.split(), eos)]
+    pairs: Counter[tuple[str, str]] = Counter(zip(stream, stream[1:]))
     total = sum(pairs.values())
     if total == 0:
         raise ValueError("previous_token_entropy: need at least two tokens")
@@ -129,13 +117,8 @@ def tokenize_lines(lines: Sequence[str], scheme: str, max_lines: int | None = No
 
 
 def _fingerprint(name: str, scheme: str, vocab_size: int, max_lines: int | None, files: Sequence[Path]) -> str:
-    key = {
-        "corpus": name,
-        "vocab_size": vocab_size,
-        "max_lines": max_lines,
-        "tokenizer": [scheme, TOKENIZER_VERSION],
-        "files": [(p.name, p.stat().st_size) for p in sorted(files)],
-    }
+    key = {"corpus": name, "vocab_size": vocab_size, "max_lines": max_lines, "tokenizer": [scheme, TOKENIZER_VERSION],
+           "files": [(p.name, p.stat().st_size) for p in sorted(files)]}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -144,13 +127,9 @@ def binarize(train: Sequence[str], valid: Sequence[str], dest: Path, vocab_size:
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "train.tok").write_text("\n".join(train) + "\n", encoding="utf-8")
     (dest / "valid.tok").write_text("\n".join(valid) + "\n", encoding="utf-8")
-    cmd = [
-        fairseq_tool("fairseq-preprocess"), "--only-source",
-        "--trainpref", str(dest / "train.tok"), "--validpref", str(dest / "valid.tok"),
-        "--destdir", str(dest), "--nwordssrc", str(vocab_size),
-        "--dataset-impl", "mmap", "--workers", "1",
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = subprocess.run([fairseq_tool("fairseq-preprocess"), "--only-source", "--trainpref", str(dest / "train.tok"),
+                             "--validpref", str(dest / "valid.tok"), "--destdir", str(dest), "--nwordssrc",
+                             str(vocab_size), "--dataset-impl", "mmap", "--workers", "1"], capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"fairseq-preprocess failed for {dest}:\n{result.stderr[-3000:]}")
 
@@ -170,14 +149,9 @@ def _check_options(tokenizer: str, vocab_size: int, max_lines: int | None) -> No
         raise ValueError(f"--max-lines must be >= 1, got {max_lines}")
 
 
-def prepare(
-    corpus: str,
-    data_root: Path = DEFAULT_DATA_ROOT,
-    sources: Path = SHARED_DATA,
-    vocab_size: int = DEFAULT_VOCAB_SIZE,
-    max_lines: int | None = None,
-    tokenizer: str = DEFAULT_TOKENIZER,
-) -> Path:
+def prepare(corpus: str, data_root: Path = DEFAULT_DATA_ROOT, sources: Path = SHARED_DATA,
+            vocab_size: int = DEFAULT_VOCAB_SIZE, max_lines: int | None = None,
+            tokenizer: str = DEFAULT_TOKENIZER) -> Path:
     """Binarized data directory for one of the shared ``corpus`` (built once, then reused)."""
     if corpus not in SPLITTERS:
         raise ValueError(f"--corpus: unknown corpus {corpus!r}; valid: {', '.join(CORPORA)}")
@@ -198,15 +172,9 @@ def split_text(lines: Sequence[str], valid_fraction: float = USER_VALID_FRACTION
     return lines[:-n_valid], lines[-n_valid:]
 
 
-def prepare_text(
-    name: str,
-    train: Path,
-    valid: Path | None = None,
-    data_root: Path = DEFAULT_DATA_ROOT,
-    vocab_size: int = DEFAULT_VOCAB_SIZE,
-    max_lines: int | None = None,
-    tokenizer: str = DEFAULT_TOKENIZER,
-) -> Path:
+def prepare_text(name: str, train: Path, valid: Path | None = None, data_root: Path = DEFAULT_DATA_ROOT,
+                 vocab_size: int = DEFAULT_VOCAB_SIZE, max_lines: int | None = None,
+                 tokenizer: str = DEFAULT_TOKENIZER) -> Path:
     """Binarized data directory for a user's own text: one file (split by :func:`split_text`)
     or a train/valid pair. ``name`` names the corpus in results (letters, digits, ``-_.``)."""
     if not re.fullmatch(r"[\w.-]+", name) or name in CORPORA:
@@ -217,36 +185,27 @@ def prepare_text(
     for path in files:
         if not path.is_file():
             raise FileNotFoundError(f"--text: no file {path}")
-    if valid is None:
-        def splitter() -> Split:
-            return split_text(_read_lines(Path(train)))
-    else:
-        def splitter() -> Split:
-            return _read_lines(Path(train)), _read_lines(Path(valid))
+    splitter = (lambda: split_text(_read_lines(train))) if valid is None else \
+        (lambda: (_read_lines(train), _read_lines(valid)))
     return _build(name, splitter, files, data_root, vocab_size, max_lines, tokenizer)
 
 
 def _build(name: str, splitter: Callable[[], Split], files: Sequence[Path], data_root: Path, vocab_size: int,
            max_lines: int | None, tokenizer: str) -> Path:
     dest = Path(data_root) / f"{name}-{tokenizer}-{_fingerprint(name, tokenizer, vocab_size, max_lines, files)}"
-    marker = dest / "prepared.json"
-    if marker.exists():
+    if (dest / "prepared.json").exists():
         return dest
-    train, valid = splitter()
-    train, valid = tokenize_lines(train, tokenizer, max_lines), tokenize_lines(valid, tokenizer, max_lines)
+    train, valid = (tokenize_lines(split, tokenizer, max_lines) for split in splitter())
     if not train or not valid:
         raise ValueError(f"{name}: no tokens in the {'train' if not train else 'valid'} split")
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dest.parent))
     try:
         binarize(train, valid, staging, vocab_size)
-        info = {
-            "corpus": name, "tokenizer": tokenizer, "vocab_size": vocab_size, "max_lines": max_lines,
-            "tokenizer_version": TOKENIZER_VERSION,
-            "train_lines": len(train), "valid_lines": len(valid),
-            "train_tokens": sum(len(line.split()) for line in train),
-            "valid_tokens": sum(len(line.split()) for line in valid),
-        }
+        info = {"corpus": name, "tokenizer": tokenizer, "vocab_size": vocab_size, "max_lines": max_lines,
+                "tokenizer_version": TOKENIZER_VERSION, "train_lines": len(train), "valid_lines": len(valid),
+                "train_tokens": sum(len(line.split()) for line in train),
+                "valid_tokens": sum(len(line.split()) for line in valid)}
         (staging / "prepared.json").write_text(json.dumps(info, indent=1) + "\n")
         if dest.exists():  # an unfinished earlier attempt: replace it
             shutil.rmtree(dest)

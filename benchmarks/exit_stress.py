@@ -26,18 +26,16 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks import corpora
+from benchmarks import corpora  # nothing that imports torch or fairseq: the exit probe must come first
 
 RESULTS = Path(__file__).resolve().parent / "results" / "exit_stress.json"
 CORPUS = "war-and-peace"
-MODEL = [
-    "--arch", "roberta_base", "--encoder-layers", "2", "--encoder-embed-dim", "128", "--encoder-ffn-embed-dim", "512",
-    "--encoder-attention-heads", "4", "--dropout", "0", "--attention-dropout", "0", "--max-positions", "128",
-    "--tokens-per-sample", "128", "--sample-break-mode", "none", "--batch-size", "16",
-    "--required-batch-size-multiple", "1", "--optimizer", "adam", "--lr", "2e-3", "--cpu", "--no-save",
-    "--log-format", "json", "--log-interval", "10", "--validate-interval-updates", "20",
-    "--validate-interval", "1000000", "--max-valid-steps", "11",
-]
+MODEL = ["--arch", "roberta_base", "--encoder-layers", "2", "--encoder-embed-dim", "128", "--encoder-ffn-embed-dim",
+         "512", "--encoder-attention-heads", "4", "--dropout", "0", "--attention-dropout", "0", "--max-positions",
+         "128", "--tokens-per-sample", "128", "--sample-break-mode", "none", "--batch-size", "16",
+         "--required-batch-size-multiple", "1", "--optimizer", "adam", "--lr", "2e-3", "--cpu", "--no-save",
+         "--log-format", "json", "--log-interval", "10", "--validate-interval-updates", "20",
+         "--validate-interval", "1000000", "--max-valid-steps", "11"]
 GPTS = ["--task", "gpts_mlm", "--criterion", "gpts_masked_lm", "--gpts-interaction-updates", "20",
         "--gpts-reward-batches", "12"]
 VARIANTS = {
@@ -83,14 +81,11 @@ def run_one(index: int, variant: str, data_dir: Path, updates: int, work: Path) 
     output = proc.stdout + proc.stderr
     probes = [line[len(EXIT_PROBE):] for line in output.splitlines() if line.startswith(EXIT_PROBE)]
     print(f"run {index} ({variant}): exit {proc.returncode}", flush=True)
-    return {
-        "index": index, "variant": variant, "exit_code": proc.returncode,
-        "done_training": "done training in" in output, "wall_s": round(time.perf_counter() - start, 2),
-        "threads_at_exit": probes,
-        "tail": [DIRECTORIES.sub("", line) for line in output.splitlines()
-                 if line.strip() and not line.startswith(EXIT_PROBE) and "Warning" not in line
-                 and not line.startswith("  ")][-3:],
-    }
+    return {"index": index, "variant": variant, "exit_code": proc.returncode,
+            "done_training": "done training in" in output, "wall_s": round(time.perf_counter() - start, 2),
+            "threads_at_exit": probes,
+            "tail": [DIRECTORIES.sub("", line) for line in output.splitlines() if line.strip()
+                     and not line.startswith(EXIT_PROBE) and "Warning" not in line and not line.startswith("  ")][-3:]}
 
 
 def table(runs: list[dict]) -> str:
@@ -114,10 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    for name in ("runs", "jobs", "updates"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
-
+    if bad := next((name for name in ("runs", "jobs", "updates") if getattr(args, name) < 1), None):
+        raise ValueError(f"--{bad} must be >= 1, got {getattr(args, bad)}")
     data_dir = corpora.prepare(CORPUS, tokenizer="char")
     plan = [(i, args.variants[i % len(args.variants)]) for i in range(args.runs)]
     start = time.perf_counter()
@@ -126,15 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - start
     print(table(runs))
     print(f"{len(runs)} runs, {sum(r['exit_code'] == 0 for r in runs)} exit 0, {wall:.0f} s wall with --jobs {args.jobs}")
-    ours = [r["exit_code"] for r in runs if not r["variant"].startswith("masked_lm")]
-    if ours:
+    if ours := [r["exit_code"] for r in runs if not r["variant"].startswith("masked_lm")]:
         print(f"{'PASS' if not any(ours) else 'FAIL'}: {ours.count(0)} of {len(ours)} gpts_mlm runs exit 0")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "settings": {"runs": args.runs, "jobs": args.jobs, "updates": args.updates, "variants": args.variants,
-                     "corpus": CORPUS},
-        "wall_s": round(wall, 1), "table": table(runs), "runs": runs,
-    }, indent=1) + "\n")
+    args.out.write_text(json.dumps({"settings": {"runs": args.runs, "jobs": args.jobs, "updates": args.updates,
+                                                 "variants": args.variants, "corpus": CORPUS},
+                                    "wall_s": round(wall, 1), "table": table(runs), "runs": runs}, indent=1) + "\n")
     return 0
 
 

@@ -181,18 +181,14 @@ def summarise(results_root: Path) -> dict:
     return summary
 
 
-def _fmt(value, spec):
-    return "–" if value is None else format(value, spec)
-
-
 def write_summary(results_root: Path) -> dict:
     summary, rows = summarise(results_root), []
     for corpus, arms in summary.items():
         for arm, s in (arms.items() if corpus != "pass" else ()):
             jumps = [j for r in s["runs"] for j in r["jumps"]]
             rows.append([corpus, arm, len(s["runs"]), f"{s['final_mean']:.3f} ± {s['final_std']:.3f}",
-                         f"{s['reached']}/{len(s['runs'])}", _fmt(s["median_flops_ratio"], ".2f"),
-                         _fmt(s["median_wall_ratio"], ".2f"), f"{statistics.fmean(jumps):+.3f}" if jumps else "–"])
+                         f"{s['reached']}/{len(s['runs'])}", harness.cell(s["median_flops_ratio"], ".2f"),
+                         harness.cell(s["median_wall_ratio"], ".2f"), f"{statistics.fmean(jumps):+.3f}" if jumps else "–"])
     verdict = summary["pass"]
     lines = [harness.md_table(["corpus", "arm", "seeds", "final loss (bits)", "reached target",
                                "FLOPs to target (× fixed)", "train wall to target (× fixed)", "loss jump at growth"],
@@ -256,15 +252,12 @@ def measure_operators(data_dir: Path, settings: Settings, work_root: Path, resul
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", nargs="+", default=list(corpora.CORPORA), choices=corpora.CORPORA)
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--budget-updates", type=int, default=Settings.budget_updates,
                         help="FLOPs budget, in updates of the full model")
     parser.add_argument("--small-share", type=float, default=Settings.small_share)
     parser.add_argument("--valid-every", type=int, default=Settings.valid_every)
     parser.add_argument("--operators", action="store_true", help="only measure the loss jump of each operator")
-    harness.add_suite_arguments(parser, DEFAULT_RESULTS, DEFAULT_WORK, data=True)
+    harness.add_suite_arguments(parser, DEFAULT_RESULTS, DEFAULT_WORK, data=True, arms=ARMS)
     args = parser.parse_args(argv)
     settings = Settings(budget_updates=args.budget_updates, small_share=args.small_share, valid_every=args.valid_every)
     settings.validate()

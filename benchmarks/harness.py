@@ -1,22 +1,13 @@
 """One experiment harness for every benchmark driver: a run spec in, one result schema out.
 
-A driver describes each run as a :class:`RunSpec` and calls :func:`run_suite` (or :func:`run`
-for one run); it keeps only its arms, its protocol and its scoring.
-
-    spec = RunSpec(corpus="linux", data_dir=corpora.prepare("linux", tokenizer="char"),
-                   arm="constant-0.30", seed=1, budget_updates=2000,
-                   model=(...tiny RoBERTa and optimiser options...),   # shared by every arm
-                   fairseq=(...validation and task options...),        # shared by every arm
-                   arm_args=("--mask-prob", "0.3"))                    # this arm only
-    results = run_suite([spec, ...], results_root, work_root, jobs=2, finish=my_fields)
+A driver describes each run as a :class:`RunSpec` (``model`` and ``fairseq`` options shared by
+every arm, ``arm_args`` this arm's) and calls :func:`run_suite` (or :func:`run` for one run);
+it keeps only its arms, its protocol and its scoring.
 
 What it guarantees:
 
-- **The command line.** ``fairseq-train DATA --user-dir <gpts_fairseq> --task gpts_mlm
-  --criterion gpts_masked_lm MODEL FAIRSEQ ARM_ARGS --max-update B --seed S --cpu
-  --num-workers 0 --save-dir SAVE --log-format json --log-file SAVE/train.log`` plus
-  ``--no-save`` (unless ``keep_checkpoints``) and ``--finetune-from-model`` for a warm start,
-  with ``OMP/MKL_NUM_THREADS = threads`` (1: single-threaded runs side by side).
+- **The command line**: :meth:`RunSpec.command` (gpts_mlm, one log file in the save dir), with
+  ``OMP/MKL_NUM_THREADS = threads`` (1: single-threaded runs side by side).
 - **One result schema** (:data:`SCHEMA`), written atomically to
   ``RESULTS/<corpus>/<arm>/seed<seed>.json``: ``schema, corpus, arm, seed, budget_updates,
   fingerprint, arm_args, fairseq_args`` (portable), ``exit_code, stopped_early, wall_time_s,
@@ -38,18 +29,9 @@ What it guarantees:
   written starts again from an empty save dir.
 - **Portable**: no machine path in a result (save, data, work, warm-start and user dirs
   become ``<save>``, ``<data>``, ``<work>``, ``<warm-start>``, ``<user-dir>``); checked on write.
-- **Progress** (:func:`run_suite`): one line per finished run: runs done / to do, its time,
-  the mean time per run and the estimated time left.
-- **One fairseq log reader**: :func:`read_log` (built on ``gpts_fairseq.report.history``).
-- **The plateau check**: :func:`passed_previous_token_entropy`: the share of the budget a run
-  spent below its corpus' previous-token entropy H(X_i | X_{i-1}) (a model above it has not
-  yet used more than the previous token).
-- **A shared warm start**: :func:`warm_start` trains one model per (corpus, model, settings,
-  seed, margin) until a validation is ``margin_bits`` below the previous-token entropy (the
-  first such validation, wherever the run was stopped), stores its weights (only: no
-  optimizer, scheduler, data or task state) with its fingerprint, and returns it for every
-  arm (``RunSpec(warm_start=...)``: fairseq's ``--finetune-from-model``); a second call with
-  the same fingerprint trains nothing.
+- **Progress** (:func:`run_suite`), **one fairseq log reader** (:func:`read_log`), **the plateau
+  check** (:func:`passed_previous_token_entropy`) and **a shared warm start** (:func:`warm_start`:
+  weights only, trained once per fingerprint, given to every arm by ``RunSpec(warm_start=...)``).
 """
 
 from __future__ import annotations
@@ -66,6 +48,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
+from itertools import accumulate
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -124,10 +107,8 @@ class RunSpec:
     report_info: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
-        if self.budget_updates < 1:
-            raise ValueError(f"budget_updates must be >= 1, got {self.budget_updates}")
-        if self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        check((self.budget_updates >= 1, f"budget_updates must be >= 1, got {self.budget_updates}"),
+              (self.threads >= 1, f"threads must be >= 1, got {self.threads}"))
 
     def fingerprint(self) -> str:
         """The settings apart from arm options, seed and threads (see the module docstring)."""
@@ -225,10 +206,7 @@ def read_log(path: Path) -> LogReading:
                 update_s.append(float(stats[wpb]) / float(stats[wps]))
         if float(stats.get("valid_wps", 0)) > 0 and "valid_wpb" in stats:
             forward_s.append(float(stats["valid_wpb"]) / float(stats["valid_wps"]))
-    cumulative, total = [], 0.0
-    for update in sorted(walls):
-        total += walls[update]
-        cumulative.append((update, total))
+    cumulative = list(zip(sorted(walls), accumulate(walls[u] for u in sorted(walls))))
     update = statistics.median(update_s) if update_s else None
     forward = statistics.median(forward_s) / update if forward_s and update else FORWARD_COST
     curve = sorted((u, x) for u, x in valid.items() if math.isfinite(x))
@@ -395,15 +373,25 @@ def verdict(complete: bool, passed: bool) -> str:
     return "incomplete" if not complete else "PASS" if passed else "FAIL"
 
 
+def cell(value, spec: str) -> str:
+    """``value`` formatted by ``spec`` for a table; "–" for None."""
+    return "–" if value is None else format(value, spec)
+
+
 def md_table(header: Sequence[str], align: str, rows) -> str:
     """A markdown table: ``align`` one letter a column (``l`` left, ``r`` right), ``rows`` of cells."""
     rule = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
     return "\n".join(["| " + " | ".join(header) + " |", rule, *("| " + " | ".join(map(str, r)) + " |" for r in rows)])
 
 
-def add_suite_arguments(parser, results_root: Path, work_root: Path, data: bool = False) -> None:
-    """The options drivers share: --jobs, --results-root, --work-root, --summary-only (and with
-    ``data``: --data-root, --max-lines)."""
+def add_suite_arguments(parser, results_root: Path, work_root: Path, data: bool = False, arms=None,
+                        seeds=(1, 2, 3)) -> None:
+    """The options drivers share: --jobs, --results-root, --work-root, --summary-only (with
+    ``data``: --data-root, --max-lines; with ``arms``: --corpus, --arms, --seeds)."""
+    if arms is not None:
+        parser.add_argument("--corpus", nargs="+", default=list(corpora.CORPORA), choices=corpora.CORPORA)
+        parser.add_argument("--arms", nargs="+", default=list(arms), choices=list(arms))
+        parser.add_argument("--seeds", nargs="+", type=int, default=list(seeds))
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side (each single-threaded)")
     parser.add_argument("--results-root", type=Path, default=results_root)
     parser.add_argument("--work-root", type=Path, default=work_root, help="fairseq save dirs (outside the repo)")

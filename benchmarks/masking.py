@@ -28,8 +28,7 @@ TARGETS = {"bernoulli": {"hf": 10.0, "fairseq": 200.0}, "exact": {"hf": 5.0}}
 
 
 def token_rows(batch, length, seed=0):
-    rng = np.random.default_rng(seed)
-    tokens = rng.integers(4, MASK, size=(batch, length))
+    tokens = np.random.default_rng(seed).integers(4, MASK, size=(batch, length))
     tokens[:, 0], tokens[:, -1] = BOS, EOS
     return torch.from_numpy(tokens)
 
@@ -37,8 +36,7 @@ def token_rows(batch, length, seed=0):
 def seconds_per_call(function, *, min_time, min_calls=5):
     """Median wall time of one call, after a warm-up call."""
     function()
-    times = []
-    started = time.perf_counter()
+    times, started = [], time.perf_counter()
     while len(times) < min_calls or time.perf_counter() - started < min_time:
         begin = time.perf_counter()
         function()
@@ -47,16 +45,10 @@ def seconds_per_call(function, *, min_time, min_calls=5):
 
 
 def op_masking(tokens, exact):
-    spec = MaskingSpec.build(
-        vocab_size=VOCAB, special_ids=[BOS, PAD, EOS, UNK], mask_idx=MASK, pad_idx=PAD, exact=exact
-    )
+    spec = MaskingSpec.build(vocab_size=VOCAB, special_ids=[BOS, PAD, EOS, UNK], mask_idx=MASK, pad_idx=PAD, exact=exact)
     args = MaskTokensArgs.build(tokens, torch.arange(tokens.shape[0]), spec, PSI, seed=1, step=1)
     step = iter(range(1, 2**31))
-
-    def run():  # a new masking epoch each call, as in training
-        return ops.mask_tokens(args._replace(step=next(step)))
-
-    return run
+    return lambda: ops.mask_tokens(args._replace(step=next(step)))  # a new masking epoch each call, as in training
 
 
 def huggingface_masking(tokens):
@@ -75,8 +67,7 @@ def huggingface_masking(tokens):
         target[~selected] = PAD
         to_mask = torch.bernoulli(torch.full(tokens.shape, mask_share)).bool() & selected
         source[to_mask] = MASK
-        to_random = torch.bernoulli(torch.full(tokens.shape, random_share)).bool()
-        to_random &= selected & ~to_mask
+        to_random = torch.bernoulli(torch.full(tokens.shape, random_share)).bool() & selected & ~to_mask
         source[to_random] = torch.randint(4, MASK, tokens.shape)[to_random]
         return source, target
 
@@ -94,8 +85,7 @@ def fairseq_masking(tokens):
     rows = list(tokens)
     source_set, target_set = MaskTokensDataset.apply_mask(
         rows, dictionary, pad_idx=PAD, mask_idx=MASK, seed=1, mask_prob=PSI.mask_prob,
-        leave_unmasked_prob=PSI.leave_unmasked_prob, random_token_prob=PSI.random_token_prob,
-    )
+        leave_unmasked_prob=PSI.leave_unmasked_prob, random_token_prob=PSI.random_token_prob)
     epoch = iter(range(1, 2**31))
 
     def run():
@@ -107,10 +97,6 @@ def fairseq_masking(tokens):
     return run
 
 
-def copy_bytes(tokens):
-    return lambda: (tokens.clone(), tokens.clone())
-
-
 def machine_info():
     cpu = platform.processor()
     try:
@@ -118,24 +104,18 @@ def machine_info():
             cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {
-        "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "python": platform.python_version(),
-        "platform": platform.platform(), "load_average": list(os.getloadavg()),
-        "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    }
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "load_average": list(os.getloadavg()), "time": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 
 
 def measure(min_time):
     rows = []
     for batch, length in SHAPES:
         tokens = token_rows(batch, length)
-        count = tokens.numel()
-        common = {
-            "hf": seconds_per_call(huggingface_masking(tokens), min_time=min_time),
-            "fairseq": seconds_per_call(fairseq_masking(tokens), min_time=min_time, min_calls=3),
-            "copy": seconds_per_call(copy_bytes(tokens), min_time=min_time),
-        }
+        common = {"hf": seconds_per_call(huggingface_masking(tokens), min_time=min_time),
+                  "fairseq": seconds_per_call(fairseq_masking(tokens), min_time=min_time, min_calls=3),
+                  "copy": seconds_per_call(lambda: (tokens.clone(), tokens.clone()), min_time=min_time)}
         for mode in ("bernoulli", "exact"):
             threads = torch.get_num_threads()
             op_time = seconds_per_call(op_masking(tokens, mode == "exact"), min_time=min_time)
@@ -144,10 +124,9 @@ def measure(min_time):
                 op_one_thread = seconds_per_call(op_masking(tokens, mode == "exact"), min_time=min_time)
             finally:
                 torch.set_num_threads(threads)
-            mtok = {name: count / seconds / 1e6 for name, seconds in common.items()}
-            mtok["op"] = count / op_time / 1e6
-            mtok["op_1_thread"] = count / op_one_thread / 1e6
-            rows.append({"batch": f"{batch}x{length}", "mode": mode, "mtokens_per_s": mtok})
+            seconds = {**common, "op": op_time, "op_1_thread": op_one_thread}
+            rows.append({"batch": f"{batch}x{length}", "mode": mode,
+                         "mtokens_per_s": {name: tokens.numel() / s / 1e6 for name, s in seconds.items()}})
     return rows
 
 
@@ -157,40 +136,30 @@ def speedups(row):
 
 
 def table(rows):
-    header = (
-        "| batch | mode | op | op (1 thread) | HF torch (b) | fairseq (c) | copy (d) "
-        "| op / HF | op / fairseq |"
-    )
-    lines = [header, "|" + "---|" * 9]
+    lines = ["| batch | mode | op | op (1 thread) | HF torch (b) | fairseq (c) | copy (d) | op / HF | op / fairseq |",
+             "|" + "---|" * 9]
     for row in rows:
         mtok, ratio = row["mtokens_per_s"], speedups(row)
-        lines.append(
-            f"| {row['batch']} | {row['mode']} | {mtok['op']:.0f} | {mtok['op_1_thread']:.0f} "
-            f"| {mtok['hf']:.1f} | {mtok['fairseq']:.2f} | {mtok['copy']:.0f} "
-            f"| {ratio['hf']:.1f}x | {ratio['fairseq']:.0f}x |"
-        )
+        lines.append(f"| {row['batch']} | {row['mode']} | {mtok['op']:.0f} | {mtok['op_1_thread']:.0f} "
+                     f"| {mtok['hf']:.1f} | {mtok['fairseq']:.2f} | {mtok['copy']:.0f} "
+                     f"| {ratio['hf']:.1f}x | {ratio['fairseq']:.0f}x |")
     return "\n".join(lines)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short timing (a smoke run)")
-    parser.add_argument(
-        "--out", default=os.path.join(os.path.dirname(__file__), "results", "masking.json")
-    )
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "masking.json"))
     options = parser.parse_args()
     if not ops.is_available():
         raise SystemExit("the extension is not built: pip install --no-build-isolation -e .")
     rows = measure(min_time=0.05 if options.quick else 1.0)
     for row in rows:
         row["speedup"] = speedups(row)
-        row["targets_met"] = {
-            name: row["speedup"][name] >= target for name, target in TARGETS[row["mode"]].items()
-        }
+        row["targets_met"] = {name: row["speedup"][name] >= target for name, target in TARGETS[row["mode"]].items()}
     print("million tokens / s (source and target)")
     print(table(rows))
-    result = {"machine": machine_info(), "psi": PSI.as_dict(), "vocab": VOCAB,
-              "targets": TARGETS, "rows": rows}
+    result = {"machine": machine_info(), "psi": PSI.as_dict(), "vocab": VOCAB, "targets": TARGETS, "rows": rows}
     os.makedirs(os.path.dirname(os.path.abspath(options.out)), exist_ok=True)
     with open(options.out, "w") as handle:
         json.dump(result, handle, indent=2)

@@ -34,8 +34,6 @@ POLICIES = {
 CRITERION_PROBLEM = "measured trend + paid-back arm effect"
 CRITERION_POLICY = "gp-ts, reward model=trend"
 CRITERION_RIVALS = ("gp-ts", "gp-ts, context=progress", "gp-ts, window=10")
-
-
 PRETRAIN_RESULTS = os.path.join(os.path.dirname(__file__), "results", "pretrain")
 REPLAY_POLICIES = ("random", "gp-ts-rho", "gp-ts-rho-progress", "gp-ts-rho-window")
 REWARD_MODELS = ("arm", "trend")
@@ -51,7 +49,6 @@ def replay(results_dir=PRETRAIN_RESULTS) -> dict:
             run = json.load(handle)
         if run["policy"] not in REPLAY_POLICIES or not run["interactions"]:
             continue
-        name = os.path.relpath(path, results_dir)
         for model in REWARD_MODELS:
             policy = make_policy("gp-ts", space=space, seed=1, reward_model=model)
             with warnings.catch_warnings():
@@ -60,15 +57,14 @@ def replay(results_dir=PRETRAIN_RESULTS) -> dict:
                     policy.observe(space.arm(record["psi"]), record["reward"], record["update"] / run["budget_updates"],
                                    start_loss=record["prev_val_loss"])
             _, mean, _ = policy.posterior(1.0)
-            rises[model][name] = float(mean[-1] - mean[0])
+            rises[model][os.path.relpath(path, results_dir)] = float(mean[-1] - mean[0])
     return {model: {"runs": len(values), "rising": sum(rise > 0 for rise in values.values()), "rise": values}
             for model, values in rises.items()}
 
 
 def criterion(results) -> dict:
     """The pre-registered comparison: per rival, the two means, the same-seed wins, and pass."""
-    ours = results[CRITERION_PROBLEM][CRITERION_POLICY]
-    verdict = {}
+    ours, verdict = results[CRITERION_PROBLEM][CRITERION_POLICY], {}
     for rival in CRITERION_RIVALS:
         theirs = results[CRITERION_PROBLEM][rival]
         wins = sum(a < b for a, b in zip(ours["per_seed"], theirs["per_seed"]))
@@ -83,8 +79,7 @@ def main():
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "nonstationary.json"))
     options = parser.parse_args()
-    space = ArmSpace.paper_grid("rho")
-    results = {}
+    space, results = ArmSpace.paper_grid("rho"), {}
     for problem_name, problem_for in PROBLEMS.items():
         for label, (name, policy_options) in POLICIES.items():
             totals = [sum(run_bandit(make_policy(name, space=space, seed=seed, **policy_options),
@@ -96,8 +91,8 @@ def main():
           "(lower is better)\n")
     print("| policy | " + " | ".join(PROBLEMS) + " |\n|---|" + "---:|" * len(PROBLEMS))
     for label in POLICIES:
-        cells = [f"{results[p][label]['mean']:.1f} ± {results[p][label]['std']:.1f}" for p in PROBLEMS]
-        print(f"| {label} | " + " | ".join(cells) + " |")
+        print(f"| {label} | " + " | ".join(f"{results[p][label]['mean']:.1f} ± {results[p][label]['std']:.1f}"
+                                           for p in PROBLEMS) + " |")
     replayed = replay()
     print("\nreplay of the logged pre-training rewards: runs whose posterior mean rises from rho 0.05 to 0.50")
     for model, row in replayed.items():
@@ -112,8 +107,7 @@ def main():
     with open(options.out, "w") as handle:
         json.dump({"interactions": options.interactions, "seeds": options.seeds, "results": results,
                    "criterion": verdict, "criterion_passed": all(row["passed"] for row in verdict.values()),
-                   "replay": replayed},
-                  handle, indent=2)
+                   "replay": replayed}, handle, indent=2)
     print(f"\nwrote {options.out}")
 
 

@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from benchmarks import corpora, harness
-from benchmarks.harness import check, md_table, verdict
+from benchmarks.harness import cell, check, md_table, verdict
 from gpts_fairseq.report.cli import write_report
 from gpts_fairseq.report.history import load_run, run_from_result
 from gpts_fairseq.report.summary import final_loss, format_loss, label_table, mean_curve, one_sided_upper_bound, \
@@ -413,10 +413,6 @@ def result_corpora(results_root: Path) -> list[str]:
     return [c for c in corpora.CORPORA if c in found] + [c for c in found if c not in corpora.CORPORA]
 
 
-def _or_dash(value, spec: str) -> str:
-    return "–" if value is None else format(value, spec)
-
-
 def pilot_table(pilots: Sequence[dict]) -> str:
     return md_table(["corpus", "H(X_i∣X_i−1), bits", "U* (first validation below it)", "budget U", "pilot stopped at",
                      "loss there", "s/update", "forward pass, updates"], "lrrrrrrr", [
@@ -428,8 +424,8 @@ def pilot_table(pilots: Sequence[dict]) -> str:
 def interaction_table(rows: Sequence[dict]) -> str:
     return md_table(["corpus", "L", "decisions", "reward noise sd", "arm effect (Δρ 0.15)", "effect / noise",
                      "overhead"], "lrrrrrr", [
-        [r["corpus"], r["interaction_updates"], r["decisions"], _or_dash(r["reward_noise_sd"], ".4f"),
-         f"{r['arm_effect']:.4f}", _or_dash(r["effect_to_noise"], ".2f"), f"{r['overhead_share']:.1%}"] for r in rows])
+        [r["corpus"], r["interaction_updates"], r["decisions"], cell(r["reward_noise_sd"], ".4f"),
+         f"{r['arm_effect']:.4f}", cell(r["effect_to_noise"], ".2f"), f"{r['overhead_share']:.1%}"] for r in rows])
 
 
 def _labels(runs) -> list[str]:
@@ -480,7 +476,7 @@ def block_table(per_corpus: dict, policy: str = SCORED_POLICY) -> str:
             finals = {label: _final(by_label[label][seed]) for label in labels if seed in by_label[label]}
             gaps = [f"{finals[policy] - finals[other]:+.3f}" if policy in finals and other in finals else "–"
                     for other in (best, "random")]
-            rows.append([corpus, seed, *(_or_dash(finals.get(label), ".3f") for label in labels), *gaps])
+            rows.append([corpus, seed, *(cell(finals.get(label), ".3f") for label in labels), *gaps])
     return md_table(["corpus", "seed", *labels, f"{policy} − best fixed ρ", f"{policy} − random"],
                     "lr" + "r" * (len(labels) + 2), rows)
 

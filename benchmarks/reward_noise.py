@@ -44,6 +44,7 @@ EMA_SCORE_FACTOR = 1.25
 PAIRED_NOISE_SHARE = 1 / 3
 INTERACTION_UPDATES = 200  # L, the suite's interaction length
 EMA_ARGS = ("--store-ema", "--ema-decay", str(EMA_DECAY))
+CHECKPOINTS = ("--no-epoch-checkpoints", "--no-last-checkpoints")
 
 
 def settings() -> pretrain.Settings:
@@ -51,9 +52,6 @@ def settings() -> pretrain.Settings:
     state run's S2 test; the replicates do not validate, they are measured from checkpoints)."""
     return pretrain.Settings(budget_updates=BUDGET_UPDATES, interaction_updates=STATE_STEP,
                              validate_updates=STATE_STEP)
-
-
-CHECKPOINTS = ("--no-epoch-checkpoints", "--no-last-checkpoints")
 
 
 def state_spec(data_dir: Path) -> harness.RunSpec:
@@ -69,18 +67,15 @@ def replicate_spec(data_dir: Path, state_checkpoint: Path, state: int, arm: str,
     The changed seed and masking are reward options of the task, hence --gpts-allow-option-change."""
     spec = pretrain.run_spec(CORPUS, data_dir, pretrain.POLICIES[arm], seed, settings())
     return replace(spec, arm=f"state{state}-{arm}", budget_updates=state + HORIZON, keep_checkpoints=True,
-                           fairseq=(*spec.fairseq, *EMA_ARGS, "--restore-file", str(state_checkpoint),
-                                    "--gpts-allow-option-change", "--save-interval-updates", str(CHECKPOINT_STEP),
-                                    *CHECKPOINTS, "--disable-validation"))
+                   fairseq=(*spec.fairseq, *EMA_ARGS, "--restore-file", str(state_checkpoint),
+                            "--gpts-allow-option-change", "--save-interval-updates", str(CHECKPOINT_STEP),
+                            *CHECKPOINTS, "--disable-validation"))
 
 
 def second_state(curve: Sequence[tuple[int, float]], entropy: float) -> int | None:
     """S2: the first multiple of 250 validated below ``entropy``; S2_LIMIT if not below by then;
     None while undecided."""
-    for update, loss in curve:
-        if update % STATE_STEP == 0 and (loss < entropy or update >= S2_LIMIT):
-            return update
-    return None
+    return next((u for u, loss in curve if u % STATE_STEP == 0 and (loss < entropy or u >= S2_LIMIT)), None)
 
 
 class RewardMeter:
@@ -104,8 +99,7 @@ class RewardMeter:
         self._model_cfg = cfg.model
 
     def losses(self, checkpoint: Path) -> dict[str, float]:
-        state = self._load(str(checkpoint))
-        out = {}
+        state, out = self._load(str(checkpoint)), {}
         for weights, tensors in (("raw", state["model"]), ("ema", state["extra_state"]["ema"])):
             self.model.load_state_dict(tensors, strict=True, model_cfg=self._model_cfg)
             out[weights] = self.task.reference_loss(self.model, self.criterion)
@@ -150,37 +144,32 @@ def run_replicates(data_dir: Path, work: Path, results: dict, out: Path) -> None
     done = {(r["state"], r["arm"], r["seed"]) for r in results["runs"]}
     for state in results["state_run"]["states"]:
         state_checkpoint = harness.checkpoint_at(harness.save_dir_of(work, state_spec(data_dir)), state)
-        meter = None
-        start_key = f"start_{state}"
-        for arm in ARMS:
-            for seed in REPLICATE_SEEDS:
-                if (state, arm, seed) in done:
-                    continue
-                meter = meter or RewardMeter(state_checkpoint)
-                if start_key not in results:
-                    results[start_key] = meter.losses(state_checkpoint)
+        meter, start_key = None, f"start_{state}"
+        for arm, seed in ((a, s) for a in ARMS for s in REPLICATE_SEEDS if (state, a, s) not in done):
+            meter = meter or RewardMeter(state_checkpoint)
+            if start_key not in results:
+                results[start_key] = meter.losses(state_checkpoint)
 
-                def measure(save_dir: Path, result: dict) -> dict:
-                    loss = {"0": results[start_key]}
-                    for n in LENGTHS:
-                        checkpoint = harness.checkpoint_at(save_dir, state + n)
-                        if checkpoint is None:
-                            raise harness.RunFailed(f"no checkpoint at update {state + n}, see {save_dir}/stdout.log")
-                        loss[str(n)] = meter.losses(checkpoint)
-                    for checkpoint in save_dir.glob("checkpoint*.pt"):
-                        checkpoint.unlink()
-                    return {"loss": loss}
+            def measure(save_dir: Path, result: dict) -> dict:
+                loss = {"0": results[start_key]}
+                for n in LENGTHS:
+                    if (checkpoint := harness.checkpoint_at(save_dir, state + n)) is None:
+                        raise harness.RunFailed(f"no checkpoint at update {state + n}, see {save_dir}/stdout.log")
+                    loss[str(n)] = meter.losses(checkpoint)
+                for checkpoint in save_dir.glob("checkpoint*.pt"):
+                    checkpoint.unlink()
+                return {"loss": loss}
 
-                spec = replicate_spec(data_dir, state_checkpoint, state, arm, seed)
-                run = harness.run(spec, work, work, finish=measure, out=work / "replicates" / spec.arm / f"seed{seed}.json")
-                loss = run["loss"]
-                results["runs"].append({"state": state, "arm": arm, "seed": seed, "loss": loss,
-                                        "wall_time_s": run["wall_time_s"], "exit_code": run["exit_code"],
-                                        "load_average": run["loadavg_after"], "fairseq_args": run["fairseq_args"]})
-                harness.write_json(out, results)
-                print(f"state {state} {arm} seed {seed}: " + ", ".join(
-                    f"+{n} raw {loss[str(n)]['raw']:.4f} ema {loss[str(n)]['ema']:.4f}" for n in ("0", *map(str, LENGTHS)))
-                    + f" ({run['wall_time_s']:.0f} s)", flush=True)
+            spec = replicate_spec(data_dir, state_checkpoint, state, arm, seed)
+            run = harness.run(spec, work, work, finish=measure, out=work / "replicates" / spec.arm / f"seed{seed}.json")
+            loss = run["loss"]
+            results["runs"].append({"state": state, "arm": arm, "seed": seed, "loss": loss,
+                                    "wall_time_s": run["wall_time_s"], "exit_code": run["exit_code"],
+                                    "load_average": run["loadavg_after"], "fairseq_args": run["fairseq_args"]})
+            harness.write_json(out, results)
+            print(f"state {state} {arm} seed {seed}: " + ", ".join(
+                f"+{n} raw {loss[str(n)]['raw']:.4f} ema {loss[str(n)]['ema']:.4f}" for n in ("0", *map(str, LENGTHS)))
+                + f" ({run['wall_time_s']:.0f} s)", flush=True)
 
 
 def relative_reward(loss: dict, n: int, weights: str) -> float:
@@ -196,8 +185,7 @@ def pooled_sd(groups: Sequence[Sequence[float]]) -> float:
 
 def analyse(results: dict) -> dict:
     """Per state, n and weights: unpaired noise, effect and score; paired noise; the criteria."""
-    state_run = results["state_run"]
-    rows = []
+    state_run, rows = results["state_run"], []
     for state in state_run["states"]:
         runs = [r for r in results["runs"] if r["state"] == state]
         for n in LENGTHS:
@@ -233,8 +221,7 @@ def probe_cost(n: int, forward_cost: float, batches: int) -> float:
 
 
 def criteria(rows: list[dict], state_run: dict, complete: bool) -> dict:
-    states = state_run["states"]
-    ema_checks = []
+    states, ema_checks = state_run["states"], []
     for state in states:
         raw, ema = _row(rows, state, HORIZON, "raw"), _row(rows, state, HORIZON, "ema")
         if raw and ema and raw["score"] is not None and ema["score"] is not None:
@@ -243,14 +230,11 @@ def criteria(rows: list[dict], state_run: dict, complete: bool) -> dict:
                                "pass": ema["score"] >= EMA_SCORE_FACTOR * raw["score"]})
     batches = state_run["settings"]["eval_batches"]
     costs = {str(n): probe_cost(n, state_run["forward_cost_updates"], batches) for n in LENGTHS}
-    probe_checks = []
-    for n in LENGTHS:
-        for state in states:
-            raw = _row(rows, state, n, "raw")
-            if raw and raw["paired_share"] is not None:
-                probe_checks.append({"state": state, "n": n, "paired_share": raw["paired_share"],
-                                     "noise_pass": raw["paired_share"] <= PAIRED_NOISE_SHARE,
-                                     "cost": costs[str(n)], "cost_pass": costs[str(n)] <= pretrain.OVERHEAD_GOAL})
+    probe_checks = [{"state": state, "n": n, "paired_share": raw["paired_share"],
+                     "noise_pass": raw["paired_share"] <= PAIRED_NOISE_SHARE,
+                     "cost": costs[str(n)], "cost_pass": costs[str(n)] <= pretrain.OVERHEAD_GOAL}
+                    for n in LENGTHS for state in states
+                    if (raw := _row(rows, state, n, "raw")) and raw["paired_share"] is not None]
     ema_ships = complete and len(ema_checks) == len(states) and all(c["pass"] for c in ema_checks)
     probe_ships = complete and any(
         all(c["noise_pass"] and c["cost_pass"] for c in probe_checks if c["n"] == n)
@@ -260,45 +244,35 @@ def criteria(rows: list[dict], state_run: dict, complete: bool) -> dict:
 
 
 def table(analysis: dict) -> str:
-    out = ["| state | n | weights | mean r (ρ 0.15) | mean r (ρ 0.45) | effect | noise (pooled sd) | "
-           "score | paired sd | paired / (noise·√2) |", "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in analysis["rows"]:
-        low, high = (r["mean_reward"][arm] for arm in ARMS)
-        paired = "–" if r["paired_noise"] is None else f"{r['paired_noise']:.5f}"
-        share = "–" if r["paired_share"] is None else f"{r['paired_share']:.2f}"
-        out.append(f"| {r['state']} | {r['n']} | {r['weights']} | {low:+.5f} | {high:+.5f} | {r['effect']:+.5f} | "
-                   f"{r['noise']:.5f} | {r['score']:.2f} | {paired} | {share} |")
-    return "\n".join(out)
+    rows = [[r["state"], r["n"], r["weights"], *(f"{r['mean_reward'][arm]:+.5f}" for arm in ARMS),
+             f"{r['effect']:+.5f}", f"{r['noise']:.5f}", f"{r['score']:.2f}",
+             harness.cell(r["paired_noise"], ".5f"), harness.cell(r["paired_share"], ".2f")] for r in analysis["rows"]]
+    return harness.md_table(["state", "n", "weights", "mean r (ρ 0.15)", "mean r (ρ 0.45)", "effect",
+                             "noise (pooled sd)", "score", "paired sd", "paired / (noise·√2)"], "rrlrrrrrrr", rows)
 
 
 def verdicts(analysis: dict) -> list[str]:
-    lines = []
-    for c in analysis["ema_criterion"]:
-        lines.append(f"EMA, state {c['state']}, n = {HORIZON}: score {c['ema_score']:.2f} vs raw {c['raw_score']:.2f} "
-                     f"(x{c['ratio']:.2f}, need >= x{EMA_SCORE_FACTOR}): {'PASS' if c['pass'] else 'FAIL'}")
-    for c in analysis["probe_criterion"]:
-        lines.append(f"probe, state {c['state']}, n = {c['n']}: paired noise {c['paired_share']:.2f} of the unpaired "
-                     f"difference's (need <= {PAIRED_NOISE_SHARE:.2f}): {'PASS' if c['noise_pass'] else 'FAIL'}; "
-                     f"cost {c['cost']:.1%} of an interaction of {INTERACTION_UPDATES} updates "
-                     f"(need <= {pretrain.OVERHEAD_GOAL:.0%}): {'PASS' if c['cost_pass'] else 'FAIL'}")
+    lines = [f"EMA, state {c['state']}, n = {HORIZON}: score {c['ema_score']:.2f} vs raw {c['raw_score']:.2f} "
+             f"(x{c['ratio']:.2f}, need >= x{EMA_SCORE_FACTOR}): {'PASS' if c['pass'] else 'FAIL'}"
+             for c in analysis["ema_criterion"]]
+    lines += [f"probe, state {c['state']}, n = {c['n']}: paired noise {c['paired_share']:.2f} of the unpaired "
+              f"difference's (need <= {PAIRED_NOISE_SHARE:.2f}): {'PASS' if c['noise_pass'] else 'FAIL'}; "
+              f"cost {c['cost']:.1%} of an interaction of {INTERACTION_UPDATES} updates "
+              f"(need <= {pretrain.OVERHEAD_GOAL:.0%}): {'PASS' if c['cost_pass'] else 'FAIL'}"
+              for c in analysis["probe_criterion"]]
     status = "" if analysis["complete"] else " (incomplete: not every run is in)"
-    lines.append(f"EMA ships: {'yes' if analysis['ema_ships'] else 'no'}; paired probe ships: "
-                 f"{'yes' if analysis['probe_ships'] else 'no'}{status}")
-    return lines
+    return lines + [f"EMA ships: {'yes' if analysis['ema_ships'] else 'no'}; paired probe ships: "
+                    f"{'yes' if analysis['probe_ships'] else 'no'}{status}"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", type=Path, default=corpora.DEFAULT_DATA_ROOT)
     parser.add_argument("--sources", type=Path, default=corpora.SHARED_DATA)
     parser.add_argument("--work-root", type=Path, default=DEFAULT_WORK, help="fairseq save dirs (outside the repo)")
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
     parser.add_argument("--summary-only", action="store_true", help="only analyse the recorded runs")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parser.parse_args(argv)
     results = load_results(args.results)
     if not args.summary_only:
         data_dir = corpora.prepare(CORPUS, args.data_root, args.sources, tokenizer="char")
@@ -307,8 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "state_run" not in results:
         print("no state run recorded yet")
         return 0
-    analysis = analyse(results)
-    results["analysis"] = analysis
+    results["analysis"] = analysis = analyse(results)
     harness.write_json(args.results, results)
     print(table(analysis))
     print("\n".join(verdicts(analysis)))

@@ -282,11 +282,8 @@ def write_summary(results: Path) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", nargs="+", default=list(corpora.CORPORA), choices=corpora.CORPORA)
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--skip-timing", action="store_true")
-    harness.add_suite_arguments(parser, DEFAULT_RESULTS, DEFAULT_WORK)
+    harness.add_suite_arguments(parser, DEFAULT_RESULTS, DEFAULT_WORK, arms=ARMS, seeds=SEEDS)
     args = parser.parse_args(argv)
     harness.check((args.jobs >= 1, f"--jobs must be >= 1, got {args.jobs}"))
     if not args.summary_only:

@@ -292,9 +292,14 @@ def test_benchmark_criteria_on_synthetic_results(tmp_path):
         for method, items in losses.items():
             path = tmp_path / "searches" / f"seed{seed}" / method / "search.json"
             path.parent.mkdir(parents=True)
-            path.write_text(json.dumps({"queries": [{"loss": x} for x in items]}))
-        final = {"heterogeneous_final": {"valid": 3.5, "test": 3.6}, "homogeneous_final": {"valid": 3.6, "test": 3.7},
-                 "transfer": {"ratio": 0.5 if seed == 1 else 0.8}}
+            layers = ["sdp:h8:a2:f16x1", "sdp:h8:a2:f16x1,dft:h8:a2:f16x1"]
+            path.write_text(json.dumps({"queries": [{"loss": x, "layers": layers[n % 2]} for n, x in enumerate(items)]}))
+        ratio = 0.5 if seed == 1 else 0.8
+        final = {"heterogeneous": layers[1], "heterogeneous_params": 1000, "homogeneous": layers[0],
+                 "homogeneous_params": 990, "homogeneous_candidates": 1,
+                 "heterogeneous_final": {"valid": 3.5, "test": 3.6}, "homogeneous_final": {"valid": 3.6, "test": 3.7},
+                 "transfer": {"ratio": ratio, "neighbour": layers[0], "shared_fraction": 0.0, "target": 3.6,
+                              "updates_to_target": 500 * ratio}}
         (tmp_path / f"finals-seed{seed}.json").write_text(json.dumps(final))
     summary = driver.summarise(tmp_path, [1, 2], entropy=3.9)
     assert summary["search"]["boshnas"]["final_mean"] == pytest.approx(4.7)
@@ -303,3 +308,6 @@ def test_benchmark_criteria_on_synthetic_results(tmp_path):
     assert summary["search"]["gp-bo"]["trained_to_reach_random_final"] == [None, None]
     assert summary["A"]["verdict"] == "PASS" and summary["C"]["verdict"] == "FAIL"
     assert driver.summarise(tmp_path, [1, 2], entropy=3.55)["A"]["verdict"] == "INCONCLUSIVE (plateau)"
+    page = "\n".join(driver.summary_lines(tmp_path, summary))
+    assert "| 1 | boshnas | 8 | 4 | 4.700 | – |" in page and "- B, boshnas: mean best after 10 = 4.700 bits" in page
+    assert "| heterogeneous | 3.500 | 3.600 |" in page and "- C: FAIL" in page

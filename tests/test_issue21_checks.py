@@ -20,7 +20,6 @@ def last_error(proc):
     return lines[-1] if lines else ""
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21 item 3")
 def test_feature_layer_beyond_the_encoder_is_refused_before_training(tiny_corpus, tmp_path):
     """TINY_MODEL has 2 encoder layers: states 0 (embeddings) to 2."""
     proc = run_fairseq([tiny_corpus, *TINY_MODEL, *TASK, "--subset-selector", "ingenious", "--subset-warmup-epochs",
@@ -35,7 +34,6 @@ def test_feature_layer_beyond_the_encoder_is_refused_before_training(tiny_corpus
 UNREACHED = ["--grow-stages", "0:layers=1;500:layers=2", "--max-update", "6"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21 item 4")
 def test_growth_stage_at_or_after_max_update_is_refused_before_training(tiny_corpus, tmp_path):
     proc = run_fairseq([tiny_corpus, *TINY_MODEL, *GROW, *UNREACHED, "--save-dir", tmp_path], check=False)
     assert proc.returncode != 0
@@ -45,7 +43,6 @@ def test_growth_stage_at_or_after_max_update_is_refused_before_training(tiny_cor
     assert json_log(proc, "train_inner") == []
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21 item 4")
 def test_unreached_growth_stage_runs_with_a_warning_when_allowed(tiny_corpus, tmp_path):
     proc = run_fairseq([tiny_corpus, *TINY_MODEL, *GROW, *UNREACHED, "--grow-allow-unreached-stages",
                         "--save-dir", tmp_path, "--no-save"])

@@ -12,6 +12,7 @@ Synthetic runs (validated every 10 updates, budget 40):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -440,7 +441,8 @@ def _capture_figures(monkeypatch):
 def test_posterior_ranges_are_set_from_the_data_shown(tmp_path, monkeypatch):
     """Each posterior curve is drawn on a y range set by its own band, not by the prior of
     interaction 0 (±1.5 here, 100 times the later curves); the colour scale of the map of
-    interactions × arms spans the largest deviation of a mean from its mean over the arms."""
+    interactions × arms spans the largest deviation of a mean from its mean over the arms in
+    the later half of the interactions."""
     from matplotlib.collections import QuadMesh
 
     from gpts_fairseq.report.plots import plot_posterior
@@ -465,7 +467,7 @@ def test_posterior_ranges_are_set_from_the_data_shown(tmp_path, monkeypatch):
     shape = (len(run.interactions), len(RHO_ARMS))
     meshes = [c for ax in fig.axes for c in ax.collections if isinstance(c, QuadMesh) and c.get_array().shape == shape]
     assert len(meshes) == 1, "one map of interactions x arms"
-    deviation = max(float(np.abs(i.posterior.mean - i.posterior.mean.mean()).max()) for i in run.interactions)
+    deviation = max(float(np.abs(i.posterior.mean - i.posterior.mean.mean()).max()) for i in run.interactions[5:])
     assert meshes[0].get_clim() == pytest.approx((-deviation, deviation))
 
 
@@ -526,3 +528,16 @@ def test_replayed_posteriors_reproduce_the_runs_decisions(tmp_path):
     out = tmp_path / "report"
     assert cli.main([str(SUITE_RUN), "--replay-posteriors", "--out", str(out)]) == 0
     assert (out / "posterior_gp-ts-trend_seed_1.png").is_file()
+
+
+def test_reward_range_is_set_by_the_later_rewards_when_the_first_dwarfs_them(tmp_path, monkeypatch):
+    from gpts_fairseq.report.plots import plot_rewards
+
+    rewards = [0.3, 0.01, 0.02, -0.005, 0.015]
+    run = _trend_run(count=len(rewards))
+    run.interactions = [dataclasses.replace(i, reward=r) for i, r in zip(run.interactions, rewards)]
+    figures = _capture_figures(monkeypatch)
+    plot_rewards([run], tmp_path / "reward.png")
+    bottom, top = figures[0].axes[0].get_ylim()
+    assert bottom <= -0.005 and 0.02 <= top < 0.03  # the later rewards fill the axes
+    assert any("+0.300 (off the scale)" in text.get_text() for text in figures[0].axes[0].texts)

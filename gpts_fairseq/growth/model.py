@@ -12,6 +12,7 @@ checkpoints, so a resumed run continues in the stage it left.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -27,9 +28,10 @@ from fairseq.utils import safe_getattr
 from ..compat.models import default_max_positions, wrap_encoder_layer
 from ..extensions.base import ExtensionDriver
 from .operators import DEPTH_MODES, OPTIMIZER_MODES, stack_layer, tile_ffn, zero_residual_branches
-from .stages import Stage, parse_stages
+from .stages import OPTION, Stage, parse_stages, unreached_stages
 
 ARCH = "gpts_roberta_grow"
+logger = logging.getLogger(__name__)
 NOISE_SEED_STRIDE = 1_000_003  # growth noise of stage s under --seed k comes from seed k * stride + s
 
 
@@ -106,6 +108,9 @@ class GrowRobertaModel(RobertaModel):
         parser.add_argument("--grow-rewarm-updates", type=int, metavar="N",
                             help="after each growth the LR ramps linearly back to the scheduler's over N "
                                  "updates; 0 = no re-warm")
+        parser.add_argument("--grow-allow-unreached-stages", action="store_true",
+                            help="train even if a stage starts at or after --max-update (it is never reached: "
+                                 "a warning names it)")
 
     @classmethod
     def build_model(cls, args, task):
@@ -205,6 +210,7 @@ def check_options(args, task) -> None:
         raise ValueError(f"--grow-rewarm-updates must be an integer >= 0, got {args.grow_rewarm_updates}")
     if len(stages) == 1:
         return
+    check_reached(stages, args, task)
     if not isinstance(task, ExtensionDriver):  # the task runs the growth extension
         raise ValueError(f"--grow-stages with more than one stage needs --task gpts_mlm (it grows the model and "
                          f"folds rows); got task {type(task).__name__}")
@@ -225,6 +231,25 @@ def check_options(args, task) -> None:
                          "(inactive layers get no gradient); or use --ddp-backend legacy_ddp")
 
 
+def check_reached(stages: list[Stage], args, task) -> None:
+    """A stage that starts at or after --max-update is never trained: a ValueError naming it,
+    or a warning with --grow-allow-unreached-stages. Runs bounded by --max-epoch alone are not
+    checked (their update count is not known before the data is read)."""
+    max_update = int(safe_getattr(getattr(task, "cfg", None), "max_update", 0) or 0)
+    unreached = unreached_stages(stages, max_update)
+    if not unreached:
+        return
+    stages_at = "stage at update" if len(unreached) == 1 else "stages at updates"
+    target = unreached[-1]
+    starts = ", ".join(str(stage.start) for stage in unreached)
+    message = (f"{OPTION}: training ends at --max-update {max_update}, before the {stages_at} {starts} (the model "
+               f"never grows to layers={target.layers}, ffn={target.ffn}, tokens={target.tokens})")
+    if not safe_getattr(args, "grow_allow_unreached_stages", False):
+        raise ValueError(f"{message}; start it earlier, raise --max-update, or pass --grow-allow-unreached-stages "
+                         f"to train the earlier stages only")
+    logger.warning(f"{message}; training the earlier stages only (--grow-allow-unreached-stages)")
+
+
 @register_model_architecture(ARCH, ARCH)
 def grow_base_architecture(args):
     args.grow_stages = safe_getattr(args, "grow_stages", "") or ""
@@ -232,6 +257,7 @@ def grow_base_architecture(args):
     args.grow_width_noise = safe_getattr(args, "grow_width_noise", 0.01)
     args.grow_optimizer = safe_getattr(args, "grow_optimizer", "carry")
     args.grow_rewarm_updates = safe_getattr(args, "grow_rewarm_updates", 0)
+    args.grow_allow_unreached_stages = safe_getattr(args, "grow_allow_unreached_stages", False)
     base_architecture(args)
 
 

@@ -81,3 +81,9 @@ def parse_stages(text: str, *, layers: int, ffn: int, tokens: int) -> list[Stage
 def stage_index_at(stages: list[Stage], update: int) -> int:
     """Index of the stage in force for the update that follows ``update`` finished updates."""
     return max(i for i, stage in enumerate(stages) if stage.start <= update)
+
+
+def unreached_stages(stages: list[Stage], max_update: int) -> list[Stage]:
+    """The stages a run of ``max_update`` updates (0 = no limit) never enters: those that start
+    at or after it."""
+    return [stage for stage in stages if 0 < max_update <= stage.start]

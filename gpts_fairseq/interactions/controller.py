@@ -32,6 +32,7 @@ from fairseq.logging import metrics
 
 from ..bandit.loop import BOUNDARY_COUNTERS, InteractionLoop
 from ..masking.spec import PSI_FIELDS, Psi
+from ..option_changes import option_changes
 from ..report.history import HISTORY_FILE, parse_interaction
 from ..runtime import broadcast_from_leader, data_parallel_rank_and_size, fork_rngs, is_leader, unwrap_model
 from .options import ARM_POLICIES
@@ -238,16 +239,9 @@ class InteractionController:
                 self.loop.load_boundary_state(saved_loop)
 
     def _option_changes(self, saved: Mapping) -> list[str]:
-        """'--option: saved X, now Y' for every reward-defining option that differs; a
-        ValueError naming them unless changes are allowed."""
-        changes = [f"{name}: checkpoint {saved.get(name)!r}, now {self.options.get(name)!r}"
-                   for name in sorted(set(saved) | set(self.options)) if saved.get(name) != self.options.get(name)]
-        if changes and not self.allow_option_change:
-            raise ValueError(
-                "resuming would change what the rewards mean (" + "; ".join(changes) + "). Resume with the "
-                "checkpoint's values, start a new run in another --save-dir, or pass --gpts-allow-option-change "
-                "(the bandit keeps what still fits and notes the change in its history)")
-        return changes
+        """The reward-defining options that differ from the checkpoint's (``option_changes``)."""
+        return option_changes(saved, self.options, allowed=self.allow_option_change, meaning="what the rewards mean",
+                              if_allowed="the bandit keeps what still fits and notes the change in its history")
 
     def _resume_with_changes(self, saved_loop: Mapping | None, changes: list[str], leader: bool):
         """Allowed option changes: keep the saved history and interaction count, the bandit's

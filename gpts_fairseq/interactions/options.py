@@ -21,6 +21,7 @@ from ..bandit.rewards import REWARD_KINDS
 from ..masking.options import REWARD_DEFINING, MaskingConfig, parse_numbers, parse_psi_list, reward_defining, \
     selects_something
 from ..masking.spec import PSI_FIELDS, Psi
+from ..option_changes import option_name
 from ..psi_names import FAIRSEQ_DEFAULT_PSI
 
 logger = logging.getLogger(__name__)
@@ -77,11 +78,6 @@ class InteractionConfig(FairseqDataclass):
 
 REWARD_FIELDS = tuple(f.name for config in (MaskingConfig, InteractionConfig) for f in dataclasses.fields(config)
                       if f.metadata.get(REWARD_DEFINING))
-
-
-def option_name(field_name: str) -> str:
-    """The command-line spelling of a config field: gpts_ref_mask_prob -> --gpts-ref-mask-prob."""
-    return "--" + field_name.replace("_", "-")
 
 
 def reward_options(cfg) -> dict:

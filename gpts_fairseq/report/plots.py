@@ -114,6 +114,18 @@ def plot_rewards(runs: Sequence[Run], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 3.6))
     _thin_and_mean(ax, groups, _RewardSeries(), _colours(list(groups)))
     ax.axhline(0.0, color="0.5", lw=0.6)
+    # the first reward (from the untrained model's loss) is often many times the rest: the
+    # y range then comes from the later ones, and the first is written where it leaves the axes
+    later = [i.reward for r in runs for i in r.interactions[1:] if i.reward is not None]
+    first = [r.interactions[0].reward for r in runs if r.interactions and r.interactions[0].reward is not None]
+    if later and first:
+        low, high = min(later + [0.0]), max(later)
+        pad = 0.08 * (high - low or 1e-9)
+        if max(first) > high + 3 * (high - low):
+            ax.set_ylim(low - pad, high + pad)
+            ax.annotate(f"interaction 0: {max(first):+.3f} (off the scale)", (0, high + pad), xytext=(4, -10),
+                        textcoords="offset points", fontsize=7, va="top", arrowprops={"arrowstyle": "->"})
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("interaction")
     ax.set_ylabel("reward")
     ax.set_title("reward per interaction (thin: seeds, thick: mean)")
@@ -196,7 +208,8 @@ def _fixed_note(post: Posterior) -> str:
 
 def _plot_posterior_1d(run: Run, chosen: Sequence[Interaction]):
     """Left: interactions × arms, the posterior mean after each interaction minus its mean over
-    the arms (one colour scale, symmetric, from the largest deviation shown), its highest arm
+    the arms (one colour scale, symmetric, from the largest deviation in the later half of the
+    rows: earlier, larger swings saturate, the colour bar then has arrows), its highest arm
     (◆), the arm played in that interaction (○, its reward at the right) and the arm drawn
     for the next (▲). Right:
     the posterior at the chosen interactions, mean ± BAND_SDS sd, each panel on its own y
@@ -210,21 +223,24 @@ def _plot_posterior_1d(run: Run, chosen: Sequence[Interaction]):
     # cells: one row per interaction, columns centred on the arms (assumed on one shared grid)
     xs = _sorted_1d(rows[0].posterior)[0]
     deviations = np.array([m - m.mean() for m in (_sorted_1d(i.posterior)[1] for i in rows)])
-    limit = float(np.abs(deviations).max()) or 1.0
+    # the scale of the settled belief (the later half of the rows); earlier, larger swings saturate
+    limit = float(np.abs(deviations[len(rows) // 2:]).max()) or 1.0
+    extend = "both" if np.abs(deviations).max() > limit else "neither"
     edges = np.concatenate([[xs[0] - (xs[1] - xs[0]) / 2 if len(xs) > 1 else xs[0] - 0.025],
                             (xs[1:] + xs[:-1]) / 2, [xs[-1] + (xs[-1] - xs[-2]) / 2 if len(xs) > 1 else xs[0] + 0.025]])
     ks = np.array([i.interaction for i in rows])
     mesh = heat.pcolormesh(edges, np.concatenate([ks - 0.5, [ks[-1] + 0.5]]), deviations, cmap="RdBu_r",
                            vmin=-limit, vmax=limit, shading="flat")
-    bar = fig.colorbar(mesh, ax=heat, orientation="horizontal", fraction=0.04, pad=0.09, aspect=30)
+    bar = fig.colorbar(mesh, ax=heat, orientation="horizontal", fraction=0.04, pad=0.09, aspect=30, extend=extend)
     bar.set_label(f"posterior mean − its mean over the arms ({quantity})", fontsize=7)
     bar.ax.tick_params(labelsize=6)
-    heat.scatter(xs[deviations.argmax(axis=1)], ks, s=30, marker="D", color="gold", edgecolors="k", lw=0.5,
-                 label="highest posterior mean")
+    shaped = np.ptp(deviations, axis=1) > 1e-9 * limit  # a flat row (the prior) has no highest arm
+    heat.scatter(xs[deviations.argmax(axis=1)][shaped], ks[shaped], s=30, marker="D", color="gold", edgecolors="k",
+                 lw=0.5, label="highest posterior mean")
     played = [i.psi.get(dim, np.nan) for i in rows]
-    heat.scatter(played, ks, s=28, facecolors="none", edgecolors="k", lw=1.2, label="played in this interaction")
+    heat.scatter(played, ks, s=28, facecolors="none", edgecolors="k", lw=1.2, label="played (reward →)")
     nexts = [(i.next_psi or {}).get(dim, np.nan) for i in rows]
-    heat.scatter(nexts, ks, s=16, marker="^", color="k", label="drawn for the next one")
+    heat.scatter(nexts, ks, s=16, marker="^", color="k", label="drawn next")
     for i in rows if len(rows) <= 40 else rows[:: len(rows) // 20 + 1]:
         if i.reward is not None:
             heat.annotate(f"{i.reward:+.4f}", (1.01, i.interaction), xycoords=("axes fraction", "data"),

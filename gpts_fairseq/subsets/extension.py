@@ -7,7 +7,7 @@ from ..events import EventLog
 from ..extensions.base import Batching, TrainingExtension
 from .dataset import EpochSubsetDataset
 from .epochs import EVENT_SCHEMA, EpochSubsets
-from .features import feature_batches
+from .features import check_feature_layer, feature_batches
 from .options import SubsetConfig, subsets_enabled, validate_subset_config
 
 
@@ -33,6 +33,10 @@ class SubsetsExtension(TrainingExtension):
     def build_model(self, model):
         self.model = model
         return model
+
+    def check_model(self, model):
+        if self.cfg.subset_selector == "ingenious":
+            check_feature_layer(model, self.cfg.subset_feature_layer)
 
     def epoch_dataset(self, dataset, epoch: int, batching: Batching):
         if 0 < self.cfg.max_epoch < epoch:  # fairseq asks for one epoch more than it trains

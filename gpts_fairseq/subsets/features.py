@@ -22,6 +22,15 @@ def state_index(layer: int, num_layers: int) -> int:
     return index
 
 
+def check_feature_layer(model, layer: int) -> None:
+    """ValueError naming ``--subset-feature-layer`` when ``model``'s encoder (fairseq's
+    RoBERTa-style ``encoder.sentence_encoder.layers``) has fewer layers, before training; other
+    models are checked at their first feature pass."""
+    layers = getattr(getattr(getattr(model, "encoder", None), "sentence_encoder", None), "layers", None)
+    if layers is not None:
+        state_index(layer, len(layers))
+
+
 def full_forward_states(model, tokens: torch.Tensor, layer: int) -> torch.Tensor:
     """T x B x C: ``inner_states`` of the model's whole forward at ``layer``."""
     _, extra = model(tokens, features_only=True, return_all_hiddens=True)

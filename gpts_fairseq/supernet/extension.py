@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..extensions.base import TrainingExtension
+from ..runtime import unwrap_model as unwrap
 from .model import SuperRobertaModel
 from .space import Space, SubArch
 
@@ -31,13 +32,6 @@ DISTILL_KEY = "supernet_distill_groups"  # in a training sample: the number of b
 VALID_STEP = 0  # the task's masking step of validation (ExtensionContext.mask)
 VALIDATION_KEYS = ("supernet_loss_largest", "supernet_loss_smallest", "supernet_sample_size")
 EVENT_SCHEMA = {"sample": {"archs": str, "sampler": str}}
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside fairseq's data-parallel wrappers."""
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
-    return model
 
 
 def sample_archs(space: Space, sampler: str, seed: int, update: int) -> tuple[SubArch, ...]:

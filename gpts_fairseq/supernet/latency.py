@@ -20,6 +20,7 @@ import time
 import numpy as np
 import torch
 
+from ..runtime import single_thread
 from .space import Space, SubArch
 
 MIN_RUNS = 20
@@ -124,7 +125,7 @@ class LatencyPredictor:
         x = torch.from_numpy(features(self.space, archs))
         y = torch.log(torch.tensor(latencies, dtype=torch.float32)).unsqueeze(1)
         optimizer = torch.optim.Adam(self.net.parameters(), lr=0.01)
-        with fixed_threads(1):  # the fit must not depend on the thread count
+        with single_thread():  # the fit must not depend on the thread count
             for _ in range(PREDICTOR_STEPS):
                 optimizer.zero_grad()
                 torch.nn.functional.mse_loss(self.net(x), y).backward()
@@ -136,5 +137,5 @@ class LatencyPredictor:
         return self
 
     def predict(self, archs) -> np.ndarray:
-        with fixed_threads(1), torch.no_grad():
+        with single_thread(), torch.no_grad():
             return torch.exp(self.net(torch.from_numpy(features(self.space, archs)))).squeeze(1).numpy().astype(float)

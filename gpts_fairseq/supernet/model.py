@@ -31,8 +31,10 @@ from fairseq.models.transformer import TransformerConfig, TransformerEncoder
 from fairseq.modules.fairseq_dropout import FairseqDropout
 from fairseq.modules.transformer_layer import TransformerEncoderLayerBase
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
+from fairseq.tasks import FairseqTask
 from fairseq.utils import safe_getattr
 
+from ..extensions.base import ExtensionDriver
 from .space import DIMS, Space, SubArch
 
 ARCH = "gpts_roberta_super"
@@ -208,6 +210,9 @@ class SuperRobertaModel(RobertaModel):
                                   or safe_getattr(args, "tokens_per_sample", None) or task.max_positions())
             space = space_from_args(args)
             check_options(args, space)
+            if space.size() > 1 and isinstance(task, FairseqTask) and not isinstance(task, ExtensionDriver):
+                raise ValueError(f"--arch {ARCH} with more than one sub-net in its space needs --task gpts_mlm (whose "
+                                 f"supernet extension samples them); got task {type(task).__name__}")
             largest = space.largest
             args.encoder_layers, args.encoder_embed_dim = largest.layers, largest.hidden
             args.encoder_ffn_embed_dim, args.encoder_attention_heads = largest.ffn, max(space.heads)
