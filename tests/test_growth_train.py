@@ -66,7 +66,7 @@ def test_resume_across_a_growth_is_exact_with_gp_ts(tiny_corpus, tmp_path):
     assert [g[0] for g in growths(full)] == [6, 10]
     scales = [None if r.get("grow_lr_scale") is None else float(r["grow_lr_scale"]) for r in json_log(full, "train_inner")]
     assert scales[5:] == [None, 0.2, 0.4, 0.6, 0.8, 0.2, 0.4]  # re-warms after each growth (updates 6-9, 10-11)
-    assert (tmp_path / "full" / "gpts_history.jsonl").read_text().count("\n") == 3  # interactions at 3, 6, 9
+    assert (tmp_path / "full" / "gpts_history.jsonl").read_text().count("\n") == 4  # ended at 3, 6, 9 and 12
 
     resumed_dir = tmp_path / "resumed"
     resumed_dir.mkdir()

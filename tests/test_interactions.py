@@ -40,18 +40,21 @@ def test_history_and_exact_resume(tiny_corpus, tmp_path):
               "--validate-interval-updates", "10"]
     full = run_fairseq([*common, "--save-dir", tmp_path / "full"])
     history = read_history(tmp_path / "full")
-    assert [r["interaction"] for r in history] == list(range(8))  # boundaries 5, 10, ..., 40
+    assert [r["interaction"] for r in history] == list(range(9))  # boundaries 5, 10, ..., 40, and the end at 42
     for before, after in zip(history, history[1:]):
         assert after["update"] == before["end_update"] == before["update"] + 5
         assert after["psi"] == before["next_psi"] and after["prev_val_loss"] == before["val_loss"]
     for record in history:
         assert record["reward"] == pytest.approx((record["prev_val_loss"] - record["val_loss"]) / record["prev_val_loss"])
+        posterior = record["posterior"]
+        assert posterior["dims"] == ["mask_prob"] and len(posterior["arms"]) == len(posterior["mean"]) == 10
+    for record in history[:-1]:
         assert record["policy"] == "gp-ts" and record["decision_time_s"] > 0
         psi = record["next_psi"]
         assert psi["leave_unmasked_prob"] + psi["random_token_prob"] <= 1
-        posterior = record["posterior"]
-        assert posterior["dims"] == ["mask_prob"] and len(posterior["arms"]) == len(posterior["mean"]) == 10
     assert len({json.dumps(r["next_psi"]) for r in history}) > 1  # it explores
+    last = history[-1]  # ended by --max-update: a reward, no decision
+    assert (last["end_update"], last["next_psi"], last["decision_time_s"]) == (42, None, 0.0)
 
     resumed_dir = tmp_path / "resumed"
     resumed_dir.mkdir()
@@ -73,7 +76,7 @@ def test_history_and_exact_resume(tiny_corpus, tmp_path):
     (reset_dir / "checkpoint_last.pt").write_bytes(checkpoint.read_bytes())
     run_fairseq([*common, "--max-update", "8", "--reset-optimizer", "--save-dir", reset_dir])
     reset_history = read_history(reset_dir)
-    assert [(r["update"], r["end_update"]) for r in reset_history] == [(5 * k, 5 * k + 5) for k in range(5)]
+    assert [(r["update"], r["end_update"]) for r in reset_history] == [(5 * k, 5 * k + 5) for k in range(5)] + [(25, 28)]
     assert without_timing(reset_history[:3]) == without_timing(history[:3])  # the checkpoint's records
 
 
@@ -94,7 +97,7 @@ def test_reward_reuses_fairseqs_validation_at_the_same_update(tiny_corpus, tmp_p
     assert [line.split("at update ")[1].split()[0] for line in reused] == ["5", "10", "15"]
     assert "reuses fairseq's validation" not in own.stdout + own.stderr
     history = read_history(tmp_path / "aligned")
-    assert len(history) == 3 and without_timing(history) == without_timing(read_history(tmp_path / "own"))
+    assert len(history) == 4 and without_timing(history) == without_timing(read_history(tmp_path / "own"))
 
 
 def test_two_processes_share_psi(tiny_corpus, tmp_path):
@@ -122,7 +125,8 @@ def test_two_processes_share_psi(tiny_corpus, tmp_path):
     assert len(set(psi0)) > 1  # psi changed during the run
     assert not set(rows0[0]["ids"]) & set(rows1[0]["ids"])  # different samples per rank
     history = read_history(tmp_path / "save")
-    assert [r["interaction"] for r in history] == [0, 1, 2, 3, 4]
+    assert [r["interaction"] for r in history] == [0, 1, 2, 3, 4, 5]  # the last one ended by --max-update 30
+    assert history[-1]["end_update"] == 30 and history[-1]["next_psi"] is None
 
 
 def test_loop_non_finite_loss_keeps_arm_and_warns():
@@ -263,7 +267,9 @@ def _two_rank_worker(rank, port, tmp_path, results):
         resumed = _controller(tmp_path / f"rank{rank}")
         resumed.load_state_dict(leader_state[0])
         psis += [resumed.step(inner, update, 1, measure=measure) for update in range(13, 22)]
-        results.put((rank, [p.as_dict() for p in psis], sorted(state["loop"]), len(calls)))
+        resumed.end(inner, 22, 1, measure=measure)  # --max-update 22
+        results.put((rank, [p.as_dict() for p in psis], sorted(state["loop"]), len(calls),
+                     (resumed.loop.interaction, resumed.loop.start_update, resumed.psi.as_dict())))
     finally:
         torch.distributed.destroy_process_group()
 
@@ -274,12 +280,80 @@ def test_controller_two_ranks_agree_with_gloo(tmp_path):
     torch.multiprocessing.start_processes(_two_rank_worker, args=(_free_port(), tmp_path, results), nprocs=2,
                                           start_method="spawn")
     by_rank = dict((rank, rest) for rank, *rest in (results.get() for _ in range(2)))
-    (psis0, keys0, calls0), (psis1, keys1, calls1) = by_rank[0], by_rank[1]
+    (psis0, keys0, calls0, end0), (psis1, keys1, calls1, end1) = by_rank[0], by_rank[1]
     assert psis0 == psis1 and len({json.dumps(p) for p in psis0}) > 1
-    assert calls0 == 5 and calls1 == 0
+    assert calls0 == 6 and calls1 == 0  # the start, the boundaries 5, 10, 15, 20 and the end at 22
+    assert end0 == end1 and end0[:2] == (5, 22)  # both ranks count the last interaction
     assert "policy" in keys0 and "history" in keys0
     assert "policy" not in keys1 and "history" not in keys1  # a following rank holds ψ and counters only
     assert not (tmp_path / "rank1" / "gpts_history.jsonl").exists()
+
+
+def test_controller_ends_the_last_interaction_without_a_decision(tmp_path):
+    """--max-update 23: the interaction begun at 20 ends at 23 with the loss then; ψ stays."""
+    controller, calls = _controller(tmp_path, max_update=23), []
+    psis = _drive(controller, range(23), calls)
+    inner = torch.nn.Linear(2, 2)
+    controller.end(_Wrapper(inner), 23, 1, measure=_fake_loss(calls, inner))
+    controller.end(_Wrapper(inner), 23, 1, measure=_fake_loss(calls, inner))  # once only
+    history = read_history(tmp_path)
+    assert [(r["update"], r["end_update"]) for r in history][-2:] == [(15, 20), (20, 23)] and len(calls) == 6
+    last = history[-1]
+    assert last["next_psi"] is None and last["psi"] == psis[-1].as_dict() and controller.psi == psis[-1]
+    assert last["reward"] == pytest.approx((last["prev_val_loss"] - last["val_loss"]) / last["prev_val_loss"])
+    assert last["posterior"]["quantity"] == "reward"  # the belief after the last reward
+    resumed = _controller(tmp_path / "resumed", max_update=23)
+    resumed.load_state_dict(controller.state_dict())
+    assert without_timing(read_history(tmp_path / "resumed")) == without_timing(history)
+
+
+def test_controller_ends_nothing_at_a_boundary_or_without_interactions(tmp_path):
+    controller, calls = _controller(tmp_path, max_update=20), []
+    _drive(controller, range(20), calls)
+    inner = torch.nn.Linear(2, 2)
+    controller.end(_Wrapper(inner), 15, 1, measure=_fake_loss(calls, inner))  # 15 ended one already
+    assert len(read_history(tmp_path)) == 3 and len(calls) == 4
+    constant = _controller(tmp_path / "constant", policy="constant")
+    constant.end(_Wrapper(inner), 20, 1, measure=_fake_loss(calls, inner))
+    assert len(calls) == 4
+
+
+@pytest.mark.parametrize("policy, refused", [("gp-ts", True), ("random", True), ("schedule", False)])
+def test_an_unmeasurable_reward_stops_a_policy_that_plays_arms(tmp_path, policy, refused):
+    """The reference masking selects no token of the reward batches: the loss is NaN before the
+    first interaction. gp-ts and random would play arms without rewards: refused, naming the
+    option and the split; the schedule policy needs none."""
+    controller = _controller(tmp_path, policy=policy, **{"--gpts-reward-batches": 2, "--valid-subset": "valid"})
+    model = torch.nn.Linear(2, 2)
+    if refused:
+        with pytest.raises(ValueError, match=r"--gpts-reward-batches 2: the first 2 batches of the validation split "
+                                             r"'valid'\) at the reference masking is nan"):
+            controller.step(model, 0, 1, measure=lambda module: float("nan"))
+    else:
+        assert controller.step(model, 0, 1, measure=lambda module: float("nan")) == FIRST_PSI
+
+
+def test_progress_line_per_interaction_on_stderr(tmp_path):
+    """One INFO line per interaction, on stderr: update/max-update, ψ in force, the last reward,
+    time elapsed and left."""
+    import logging
+
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logging.getLogger("gpts_fairseq.progress").addHandler(handler)
+    try:
+        controller, calls = _controller(tmp_path, max_update=40), []
+        _drive(controller, range(12), calls)
+    finally:
+        logging.getLogger("gpts_fairseq.progress").removeHandler(handler)
+    assert len(lines) == 2 and lines[0].startswith("gpts: update 5/40, psi rho=")
+    history = read_history(tmp_path)
+    assert f"last reward {history[1]['reward']:.5f}" in lines[1] and " elapsed, ~" in lines[1] and lines[1].endswith(" left")
+    rho = history[1]["next_psi"]["mask_prob"]
+    assert f"psi rho={rho:.3f}" in lines[1]
+    assert any(isinstance(h, logging.StreamHandler) and h.stream is sys.stderr
+               for h in logging.getLogger("gpts_fairseq.progress").handlers)
 
 
 @pytest.mark.parametrize("changed, message", [

@@ -65,7 +65,6 @@ def one_line_validation(tiny_corpus, tmp_path_factory):
     return root
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21 item 6")
 @pytest.mark.parametrize("policy", ["random", "gp-ts"])
 def test_a_reward_that_cannot_be_measured_is_an_error(one_line_validation, tmp_path, policy):
     """Not a silent fall-back to the first psi: the run stops by the first interaction's end,

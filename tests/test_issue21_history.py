@@ -10,7 +10,6 @@ from conftest import TINY_MODEL, json_log, run_fairseq
 TASK = ["--task", "gpts_mlm", "--criterion", "gpts_masked_lm", "--num-workers", "0"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21 item 7")
 def test_the_last_interaction_ends_at_max_update_with_the_final_validation(tiny_corpus, tmp_path):
     """--gpts-reward-batches 0: the reward is measured on the whole validation split, so its loss
     is fairseq's end-of-training valid_loss (logged to 3 decimals)."""

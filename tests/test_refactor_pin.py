@@ -51,7 +51,7 @@ def observe(data, save_dir, extra) -> dict:
         "train_loss": [record["loss"] for record in json_log(proc, "train_inner")],
         "valid_loss": [record["valid_loss"] for record in json_log(proc, "valid")],
         "interactions": [(r["update"], r["end_update"], r["psi"]["mask_prob"], r["val_loss"], r["reward"],
-                          r["next_psi"]["mask_prob"]) for r in records],
+                          (r["next_psi"] or {}).get("mask_prob")) for r in records],
         "history_sha256": hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest(),
         "weights_sha256": weights_sha256(save_dir / "checkpoint_last.pt"),
     }
@@ -62,8 +62,9 @@ EXPECTED = {'gp-ts': {'train_loss': ['10.008', '9.948', '9.927', '9.847', '9.75'
            'valid_loss': ['8.857'],
            'interactions': [[0, 3, 0.15, 9.721068168913265, 0.02374701627041684, 0.1],
                             [3, 6, 0.1, 9.467977276915818, 0.026035296492087075, 0.05],
-                            [6, 9, 0.05, 9.144370440595267, 0.034179088822862594, 0.5]],
-           'history_sha256': 'e047bbf6688a998c2fe5b78079584d35cdb494a4a13a51eacbcb0c4a8774e317',
+                            [6, 9, 0.05, 9.144370440595267, 0.034179088822862594, 0.5],
+                            [9, 12, 0.5, 8.818137238104208, 0.035675851564672845, None]],
+           'history_sha256': '90d84356a3f1baa75a463fe6bbed912fdf425a943eb93a152952c357a5ba52fc',
            'weights_sha256': 'df36f15c581c76cf4e6ae1abcff91360c0156356c9466cb829406c4607fba769'},
  'subsets': {'train_loss': ['10.004', '9.948', '9.924', '9.861', '9.81', '9.787', '9.777', '9.564', '9.426', '9.439',
                             '9.196', '9.512'],
@@ -82,8 +83,9 @@ EXPECTED = {'gp-ts': {'train_loss': ['10.008', '9.948', '9.927', '9.847', '9.75'
          'valid_loss': ['9.789', '9.616', '9.392', '9.069'],
          'interactions': [[0, 3, 0.15, 9.776380235406222, 0.018175848452827232, 0.1],
                           [3, 6, 0.1, 9.59279999181003, 0.0187779361252067, 0.05],
-                          [6, 9, 0.05, 9.370284099046238, 0.0231961359513144, 0.5]],
-         'history_sha256': '26166c40c9f644dfad43aef30302b113d014f321fa6d0491b70cf0df3b7d6876',
+                          [6, 9, 0.05, 9.370284099046238, 0.0231961359513144, 0.5],
+                          [9, 12, 0.5, 9.044506459488133, 0.03476710376276256, None]],
+         'history_sha256': '7fb6fe18fa11b981dbfc4486b83f928b86743facf2412c58042782fa5f9a985d',
          'weights_sha256': '831e6488fedd3d457b9a0ee948ca89a438e190cef5437abde10b961a1d37dee0'}}
 
 

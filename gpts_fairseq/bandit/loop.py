@@ -53,9 +53,11 @@ class InteractionLoop:
         self.start_update, self.start_epoch, self.start_progress = update, epoch, progress
         self.started = True
 
-    def finish(self, loss: float, *, update: int, epoch: int, progress: float) -> dict:
+    def finish(self, loss: float, *, update: int, epoch: int, progress: float, decide: bool = True) -> dict:
         """End the current interaction with validation loss ``loss`` (measured at ``update``,
-        ``progress``); decide the next ψ and return the interaction's record."""
+        ``progress``); observe its reward, decide the next ψ and return the interaction's record.
+        ``decide`` False (the last interaction of a run): no decision, ψ stays, the record's
+        ``next_psi`` is None and its posterior the belief after the last reward."""
         loss = _finite_or_none(loss)
         reward = compute_reward(self.start_loss, loss, self.reward_kind)
         if reward is not None:
@@ -68,13 +70,15 @@ class InteractionLoop:
         else:
             arm = self.policy.space.arm(self.psi.as_dict())
             self.policy.observe(arm, reward, progress=self.start_progress, start_loss=self.start_loss)
-            decision = self.policy.decide(self.interaction + 1, progress, start_loss=loss)
-            decision_info, next_psi = decision.info, Psi(**decision.psi)
+            decision_info, next_psi = {"decision_time_s": 0.0}, self.psi
+            if decide:
+                decision = self.policy.decide(self.interaction + 1, progress, start_loss=loss)
+                decision_info, next_psi = decision.info, Psi(**decision.psi)
         record = {
             "interaction": self.interaction, "epoch": self.start_epoch, "update": self.start_update,
             "end_update": update, "progress": self.start_progress, "psi": self.psi.as_dict(),
             "prev_val_loss": self.start_loss, "val_loss": loss, "reward": reward, "reward_span": self.reward_span,
-            "policy": self.policy.name, "next_psi": next_psi.as_dict(),
+            "policy": self.policy.name, "next_psi": next_psi.as_dict() if decide else None,
             "decision_time_s": float(decision_info.get("decision_time_s", 0.0)),
             "fallback": bool(decision_info.get("fallback", False)),
             "posterior_mean": decision_info.get("posterior_mean"),  # at the chosen arm (GP policies)

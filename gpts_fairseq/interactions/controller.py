@@ -21,7 +21,10 @@ still lasts ``--gpts-interaction-updates`` updates and the history stays in orde
 
 import json
 import logging
+import math
 import os
+import sys
+import time
 from collections.abc import Callable, Mapping
 
 import torch
@@ -30,10 +33,12 @@ from fairseq.logging import metrics
 from ..bandit.loop import BOUNDARY_COUNTERS, InteractionLoop
 from ..masking.spec import PSI_FIELDS, Psi
 from ..option_changes import option_changes
-from ..runtime import broadcast_from_leader, data_parallel_rank_and_size, fork_rngs, is_leader, unwrap_model
 from ..report.history import HISTORY_FILE, parse_interaction
+from ..runtime import broadcast_from_leader, data_parallel_rank_and_size, fork_rngs, is_leader, unwrap_model
+from .options import ARM_POLICIES
 
 logger = logging.getLogger(__name__)
+progress_logger = logging.getLogger("gpts_fairseq.progress")  # one line per interaction, on stderr
 
 STATE_FORMAT = 1
 
@@ -55,6 +60,7 @@ class InteractionController:
         self.update_offset, self.epoch_offset = 0, 0
         self.next_update, self.epoch = 0, 1
         self._resumed = False  # set by load_state_dict: compare fairseq's counters at the next step
+        self._clock = None  # (time, progress) at this process's first step: the time-left estimate
 
     @property
     def psi(self) -> Psi:
@@ -81,6 +87,8 @@ class InteractionController:
         if self._resumed:
             self._continue_clock(update, epoch)
         self.next_update, self.epoch = update + 1, epoch
+        if self._clock is None:
+            self._clock = (time.monotonic(), self.progress(update, epoch))
         if self.loop is None:
             return self.psi
         clock_update, clock_epoch = update + self.update_offset, epoch + self.epoch_offset
@@ -88,6 +96,7 @@ class InteractionController:
         if not (starting or self._due(clock_update, clock_epoch)):
             return self.psi
         rank, world_size = data_parallel_rank_and_size()
+        loss = None
         if rank == 0:
             with fork_rngs():
                 loss = measure(unwrap_model(model))
@@ -97,11 +106,66 @@ class InteractionController:
             else:
                 record = self.loop.finish(loss, update=clock_update, epoch=clock_epoch,
                                           progress=self.progress(update, epoch))
-                self.write_history()
-                _log_interaction(record)
+                self._publish(record, update, epoch)
+        if starting and self.loop.policy.name in ARM_POLICIES:
+            self._check_measurable(loss, world_size)
         if world_size > 1:
             self._agree()
         return self.psi
+
+    def end(self, model: torch.nn.Module, update: int, epoch: int, measure: Callable[[torch.nn.Module], float]):
+        """After the last update of the run (``update`` updates done): the interaction in progress
+        ends here with the reward of the loss now (the model the end-of-training validation sees)
+        and no decision after it. Rank 0 measures and writes the history; every rank counts it."""
+        if self.loop is None or not self.loop.started:
+            return
+        clock_update, clock_epoch = update + self.update_offset, epoch + self.epoch_offset
+        if clock_update <= self.loop.start_update:  # an interaction ended at this very update
+            return
+        if is_leader():
+            with fork_rngs():
+                loss = measure(unwrap_model(model))
+            record = self.loop.finish(loss, update=clock_update, epoch=clock_epoch,
+                                      progress=self.progress(update, epoch), decide=False)
+            self._publish(record, update, epoch)
+        else:
+            self.loop.follow(self.loop.psi, interaction=self.loop.interaction + 1, start_update=clock_update,
+                             start_epoch=clock_epoch, started=True)
+
+    def _check_measurable(self, loss: float | None, world_size: int):
+        """The loss before the first interaction (rank 0's) must be finite: if the reference masking
+        selects no token of the reward batches, no reward can ever be measured, and a policy that
+        plays arms would silently keep the first ψ. Every rank stops with the same error."""
+        finite = torch.tensor([float(loss is not None and math.isfinite(loss))], dtype=torch.float64)
+        if world_size > 1:
+            finite = broadcast_from_leader(finite)
+        if not finite.item():
+            batches = self.options.get("--gpts-reward-batches")
+            split = str(self.options.get("--valid-subset")).split(",")[0]
+            raise ValueError(
+                f"--gpts-policy {self.loop.policy.name}: the reward cannot be measured: the loss of the reward batches "
+                f"(--gpts-reward-batches {batches}: {'all' if not batches else 'the first ' + str(batches)} batches of "
+                f"the validation split '{split}') at the reference masking is {loss} — it selects no token of them. "
+                f"Give the validation split '{split}' more text, or measure on more batches with --gpts-reward-batches")
+
+    def _publish(self, record: dict, update: int, epoch: int):
+        """The finished interaction: the history file, fairseq's log and metrics, the progress line."""
+        self.write_history()
+        _log_interaction(record)
+        _log_progress(self._progress_line(record, update, epoch))
+
+    def _progress_line(self, record: dict, update: int, epoch: int) -> str:
+        """'update U/N, psi ..., last reward R, T elapsed, ~T' left' (time left from the rate of
+        this process's progress)."""
+        done = f"update {update}/{self.max_update}" if self.max_update > 0 else \
+            f"update {update}, epoch {epoch}/{self.max_epoch or '?'}"
+        psi = " ".join(f"{name}={getattr(self.psi, field):.3f}" for name, field in zip(("rho", "gamma", "lambda"),
+                                                                                        PSI_FIELDS))
+        reward = "none" if record["reward"] is None else f"{record['reward']:.5f}"
+        started, progress_then = self._clock
+        elapsed, progress = time.monotonic() - started, self.progress(update, epoch)
+        left = "?" if progress <= progress_then else _duration(elapsed * (1 - progress) / (progress - progress_then))
+        return f"gpts: {done}, psi {psi}, last reward {reward}, {_duration(elapsed)} elapsed, ~{left} left"
 
     def _due(self, update: int, epoch: int) -> bool:
         if self.interaction_updates > 0:
@@ -213,15 +277,33 @@ class InteractionController:
             self.epoch_offset += self.epoch - epoch
 
 
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def _log_progress(line: str):
+    """INFO on stderr (fairseq-train logs to stdout, often into a file), whatever the logging set-up."""
+    if not progress_logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)s | %(name)s | %(message)s"))
+        progress_logger.addHandler(handler)
+        progress_logger.setLevel(logging.INFO)
+        progress_logger.propagate = False
+    progress_logger.info(line)
+
+
 def _log_interaction(record):
-    psi = ", ".join(f"{k}={v:.3f}" for k, v in record["next_psi"].items())
+    psi = "no decision (end of training)" if record["next_psi"] is None else \
+        "next " + ", ".join(f"{k}={v:.3f}" for k, v in record["next_psi"].items())
     reward = "none" if record["reward"] is None else f"{record['reward']:.5f}"
     logger.info(f"gpts: interaction {record['interaction']} (updates {record['update']}-"
                 f"{record['end_update']}): val loss {record['val_loss']}, reward {reward}, "
-                f"decision {1000 * record['decision_time_s']:.1f} ms; next {psi}")
+                f"decision {1000 * record['decision_time_s']:.1f} ms; {psi}")
     values = {"gpts_reward": record["reward"], "gpts_decision_ms": 1000 * record["decision_time_s"],
               "gpts_posterior_mean": record["posterior_mean"], "gpts_posterior_std": record["posterior_std"],
-              **{f"gpts_next_{name}": value for name, value in record["next_psi"].items()}}
+              **{f"gpts_next_{name}": value for name, value in (record["next_psi"] or {}).items()}}
     for name, value in values.items():
         if value is not None:
             metrics.log_scalar(name, value, round=5)

@@ -1,5 +1,6 @@
 """GP-TS masking as a training extension: it owns ψ (also the constant one), ends an
-interaction when one is due before an update, and logs the ψ in force at every step."""
+interaction when one is due before an update and the last one after the last update of a
+--max-update run, and logs the ψ in force at every step."""
 
 from fairseq.logging import metrics
 
@@ -44,6 +45,11 @@ class InteractionsExtension(TrainingExtension):
                                    measure=lambda module: self.context.reference_loss(module, update=update_num))
         for name, value in zip(PSI_LOG_NAMES, (psi.mask_prob, psi.leave_unmasked_prob, psi.random_token_prob)):
             metrics.log_scalar(name, value, round=3)
+
+    def after_update(self, model, update_num: int) -> None:
+        """The last update of a --max-update run ends the interaction in progress."""
+        if update_num + 1 == self.cfg.max_update:
+            self.controller.end(model, update_num + 1, self.epoch, measure=self.context.reference_loss)
 
     def training_psi(self):
         return self.controller.psi
