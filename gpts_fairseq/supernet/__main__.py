@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--constraint", choices=CONSTRAINTS, default="none")
     target = search.add_mutually_exclusive_group()
     target.add_argument("--target", type=float, help="parameters, or latency in ms, the constraint aims at")
-    target.add_argument("--target-arch", help="L,D,H,F: aim at this sub-net's parameters or measured latency")
+    target.add_argument("--target-arch", help="L,D,H,F: aim at this sub-net's parameters or predicted latency")
     search.add_argument("--window", type=parse_window, default=(0.85, 1.1),
                         help="feasible: LOW*target <= value <= HIGH*target (default 0.85,1.1)")
     search.add_argument("--generations", type=int, default=10)
@@ -109,18 +109,19 @@ def search_command(options) -> dict:
     params = params_counter(space, vocab, model.encoder.sentence_encoder.embed_positions.weight.size(0))
     table = LatencyTable(space, vocab, options.latency_cache or os.path.join(options.out, "latency.json"),
                          threads=options.latency_threads, length=options.latency_length, runs=options.latency_runs)
+    predictor = fit_latency_predictor(space, table, options.latency_samples, options.seed, progress)
     target = options.target
-    if target_arch is not None:
+    if target_arch is not None:  # on the scale feasibility is judged on: parameters, or predicted latency
         space.check(target_arch, "--target-arch")
-        target = float(params(target_arch) if options.constraint == "params" else table(target_arch))
-        progress(f"target: {target:g} {'parameters' if options.constraint == 'params' else 'ms'} ({target_arch})")
+        target = float(params(target_arch) if options.constraint == "params" else predictor.predict([target_arch])[0])
+        progress(f"target: {target:g} {'parameters' if options.constraint == 'params' else 'ms predicted'} "
+                 f"({target_arch}; measured {table(target_arch):.2f} ms)")
     settings = settings_with(target)
     state_path = os.path.join(options.out, STATE_FILE)
     if os.path.exists(state_path):
         with open(state_path) as handle:
             stored = json.load(handle)["settings"]
         settings.resumable_with(SearchSettings(**{**stored, "window": tuple(stored["window"])}))
-    predictor = fit_latency_predictor(space, table, options.latency_samples, options.seed, progress)
     feasible = Feasibility(space, settings, params, predictor.predict)
     progress(f"{len(feasible.archs)} feasible sub-nets of {space.size()}")
 
