@@ -58,13 +58,14 @@ SEARCHES = {  # name -> search options (beside checkpoint, data, split, out, see
 # -- data: the search and test halves of the validation text ------------------------------------
 
 def data_dir(corpus: str) -> Path:
-    return corpora.prepare(corpus)
+    return corpora.prepare(corpus, tokenizer="char")
 
 
 def eval_dir(corpus: str) -> Path:
     """``search`` = the first half of the prepared validation lines, ``test`` = the second half,
     binarized with the corpus' dictionary (built once)."""
-    source, out = data_dir(corpus), EVAL_DATA / corpus
+    source = data_dir(corpus)
+    out = EVAL_DATA / source.name  # the prepared data's name carries its fingerprint
     if (out / "test.bin").exists():
         return out
     out.mkdir(parents=True, exist_ok=True)

@@ -59,9 +59,12 @@ def warm_start_spec(corpus: str, data_dir: Path) -> harness.RunSpec:
 
 def warm_start(corpus: str, data_dir: Path, runs_root: Path = RUNS_ROOT) -> harness.WarmStart:
     """The stored warm start of ``corpus`` (trained now if there is none): its first validation
-    ``WARM_MARGIN_BITS`` below the corpus' previous-token entropy."""
+    ``WARM_MARGIN_BITS`` below the corpus' previous-token entropy. It trains under a work dir of
+    its own data dir, so warm starts of one corpus on other data (tokenizer, dictionary) can
+    train side by side."""
     return harness.warm_start(warm_start_spec(corpus, data_dir), WARM_MARGIN_BITS,
-                              store_root=Path(runs_root) / "warm-starts", work_root=Path(runs_root) / "work")
+                              store_root=Path(runs_root) / "warm-starts",
+                              work_root=Path(runs_root) / "work" / Path(data_dir).name)
 
 
 @dataclass(frozen=True)

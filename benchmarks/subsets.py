@@ -3,11 +3,12 @@
 Protocol and pass criteria: docs/experiments/subsets.md; the pre-registered text, verbatim, is
 this module's docstring at commit 392b41a (``git show 392b41a:benchmarks/subsets.py``). The arms
 (``ARMS``) train ``pretrain.model_args``' tiny RoBERTa for one full-data epoch of updates on each
-corpus cut to ``MAX_LINES``; ``run_timing`` measures the selection cost at ~20K blocks.
+corpus cut to ``MAX_LINES``. ``timing.json`` records the selection cost at ~20K blocks (its run is
+retired: docs/experiments/subsets.md).
 Results: ``benchmarks/results/subsets/<corpus>/<arm>/seed<k>.json``, ``timing.json``,
 ``summary.md`` and ``delta_vs_full.png``.
 
-    python -m benchmarks.subsets --jobs 1          # all 45 runs and the timing run (resumable)
+    python -m benchmarks.subsets --jobs 1          # all 45 runs (resumable)
     python -m benchmarks.subsets --summary-only    # tables and the plot from the JSON
 """
 
@@ -15,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -27,15 +26,12 @@ from benchmarks.harness import md_table, verdict
 DEFAULT_RESULTS = harness.REPO_ROOT / "benchmarks" / "results" / "subsets"
 DEFAULT_WORK = harness.WORK_ROOT / "subsets"
 MAX_LINES = {"wikitext-2": 725, "linux": 11250, "war-and-peace": 5300}  # ~320 k characters each
-TIMING_LINES = 41400  # war-and-peace: ~2.56 M characters, ~20,000 blocks
 SEEDS = (1, 2, 3)
 FRACTION = 0.25
 VALIDATE_UPDATES = 20
 EVAL_BATCHES = 12
 BATCH_SIZE = 16
 TOKENS_PER_SAMPLE = 128
-BATCH_PROBE_BLOCKS = 4096  # the feature batch-size probe featurises this many blocks per size
-PROBE_BATCH_SIZES = (BATCH_SIZE, 64, 256)
 SUBSET = ["--subset-fraction", str(FRACTION), "--subset-warmup-epochs", "1", "--subset-partition-size", "2000"]
 ONCE = ["--subset-resample-epochs", "3"]  # one selection after the warm-up, kept to the budget
 ARMS = {
@@ -60,15 +56,15 @@ def epoch_updates(data: Path) -> int:
     return -(-blocks // BATCH_SIZE)
 
 
-def run_spec(corpus: str, data: Path, arm: str, seed: int, budget: int, arm_args: Sequence[str] | None = None):
-    """One run of the comparison, for the harness (``arm_args``: instead of ``ARMS[arm]``)."""
+def run_spec(corpus: str, data: Path, arm: str, seed: int, budget: int):
+    """One run of the comparison, for the harness."""
     model = pretrain.model_args(pretrain.Settings(budget_updates=budget, interaction_updates=budget))
     return harness.RunSpec(
         corpus=corpus, data_dir=data, arm=arm, seed=seed, budget_updates=budget, model=tuple(model),
         fairseq=("--gpts-valid-masking", "reference", "--max-valid-steps", str(EVAL_BATCHES - 1),
                  "--validate-interval-updates", str(VALIDATE_UPDATES), "--validate-interval", "1000000",
                  "--log-interval", str(VALIDATE_UPDATES)),
-        arm_args=tuple(ARMS[arm] if arm_args is None else arm_args))
+        arm_args=tuple(ARMS[arm]))
 
 
 def selections(result: dict) -> list[dict]:
@@ -86,88 +82,6 @@ def run_fields(save_dir: Path, result: dict) -> dict:
     return {"max_lines": MAX_LINES.get(result["corpus"]), "selections": chosen,
             "seconds_per_update": seconds_per_update, "selection_s": selection_s,
             "selection_update_equivalents": selection_s / seconds_per_update}
-
-
-def _task_and_model(cmd: list[str]):
-    """gpts_mlm with its training set loaded and its initial model, in this process, from the
-    arguments of a fairseq-train command."""
-    from fairseq import options, tasks, utils
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-
-    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), cmd[1:]))
-    utils.set_torch_seed(cfg.common.seed)
-    task = tasks.setup_task(cfg.task)
-    task.load_dataset(cfg.dataset.train_subset)
-    return task, task.build_model(cfg.model)
-
-
-def _timed(function) -> tuple[object, dict]:
-    load, wall, cpu = os.getloadavg()[0], time.perf_counter(), time.process_time()
-    result = function()
-    return result, {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu, "load_1min": load}
-
-
-def feature_passes(task, model) -> dict:
-    """The feature pass over every block, the whole forward (before) and up to the feature layer
-    (now), back to back at the same load; then the truncated pass over the first
-    ``BATCH_PROBE_BLOCKS`` blocks at each of ``PROBE_BATCH_SIZES`` (alternating, two rounds)."""
-    import torch
-    from gpts_fairseq.subsets.features import block_features, feature_batches
-
-    dataset, pad = task.dataset(task.cfg.train_subset), task.dictionary.pad()
-
-    def features(batches, full_forward=False):
-        return block_features(model, dataset, batches, layer=-1, pad_idx=pad, full_forward=full_forward)
-
-    batches = feature_batches(dataset, max_tokens=None, max_sentences=BATCH_SIZE)
-    before, full_forward = _timed(lambda: features(batches, full_forward=True))
-    now, truncated = _timed(lambda: features(batches))
-    probe = {size: [] for size in PROBE_BATCH_SIZES}
-    reference, identical = None, True
-    for _ in range(2):
-        for size in PROBE_BATCH_SIZES:
-            sized = feature_batches(dataset, max_tokens=None, max_sentences=size)[:BATCH_PROBE_BLOCKS // size]
-            table, timing = _timed(lambda: features(sized))
-            probe[size].append(timing)
-            reference = table if reference is None else reference
-            identical &= torch.equal(table, reference)
-    return {"full_forward": full_forward, "truncated": truncated, "identical": torch.equal(before, now),
-            "batch_probe": {"blocks": BATCH_PROBE_BLOCKS, "identical": bool(identical),
-                            "sizes": {str(size): {key: statistics.mean(t[key] for t in runs) for key in ("wall_s", "cpu_s")}
-                                      for size, runs in probe.items()}}}
-
-
-def run_timing(results: Path, work: Path) -> Path:
-    """Selection of a ~20K-block corpus in partitions of 2,000 against one epoch of training:
-    the feature pass before (whole forward) and now (up to the feature layer) side by side, the
-    greedy, and the training, in one run."""
-    out = results / "timing.json"
-    earlier = json.loads(out.read_text()) if out.exists() else None
-    if earlier is not None and "feature_pass" in earlier:
-        return out
-    arm_args = list(ARMS["ingenious"])
-    arm_args[arm_args.index("--subset-warmup-epochs") + 1] = "0"  # select before the first update
-    spec = run_spec("war-and-peace", data_dir("war-and-peace", TIMING_LINES), "timing", 1, 60, arm_args)
-    load_before = os.getloadavg()
-    passes = feature_passes(*_task_and_model(spec.command(work / "timing")))
-    run = harness.run(spec, work, work, finish=run_fields, out=work / "timing.json")
-    selection, seconds_per_update = run["selections"][0], run["seconds_per_update"]
-    epoch_s = -(-selection["count"] // BATCH_SIZE) * seconds_per_update
-    share = {name: passes[name]["wall_s"] / epoch_s for name in ("full_forward", "truncated")}
-    timing = {
-        "blocks": selection["count"], "partition_size": 2000, "feature_batch_size": BATCH_SIZE,
-        "feature_pass": {**{name: {**passes[name], "share_of_epoch": share[name]} for name in share},
-                         "in_training_s": selection["feature_s"], "identical": passes["identical"]},
-        "greedy_s": selection["greedy_s"], "greedy_share_of_epoch": selection["greedy_s"] / epoch_s,
-        "selection_share_of_epoch": (passes["truncated"]["wall_s"] + selection["greedy_s"]) / epoch_s,
-        "baseline_selection_share_of_epoch": (passes["full_forward"]["wall_s"] + selection["greedy_s"]) / epoch_s,
-        "seconds_per_update": seconds_per_update, "epoch_train_s": epoch_s, "batch_probe": passes["batch_probe"],
-        "load_average_before": list(load_before), "load_average_after": list(os.getloadavg()),
-        "earlier_run": earlier,  # the first timing run (whole forward), kept as it was recorded
-    }
-    harness.write_json(out, timing)
-    print("\n".join(timing_table(timing)))
-    return out
 
 
 def timing_table(t: dict) -> list[str]:
@@ -282,13 +196,10 @@ def write_summary(results: Path) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--skip-timing", action="store_true")
     harness.add_suite_arguments(parser, DEFAULT_RESULTS, DEFAULT_WORK, arms=ARMS, seeds=SEEDS)
     args = parser.parse_args(argv)
     harness.check((args.jobs >= 1, f"--jobs must be >= 1, got {args.jobs}"))
     if not args.summary_only:
-        if not args.skip_timing:
-            run_timing(args.results_root, args.work_root)
         data = {c: data_dir(c, MAX_LINES[c]) for c in args.corpus}
         specs = [run_spec(c, data[c], a, s, epoch_updates(data[c])) for s in args.seeds for c in args.corpus
                  for a in args.arms]  # seed-major

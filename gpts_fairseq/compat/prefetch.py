@@ -7,8 +7,8 @@ it is inside a torch op, CPython 3.11 ends it with ``pthread_exit`` when the op 
 the unwinding meets pybind11's noexcept ``gil_scoped_release`` destructor and the process aborts
 after "done training" ("terminate called without an active exception", exit -6).
 ``stop_prefetch_threads`` runs at exit, before finalisation: it tells each live consumer to stop
-after the batch in hand and drains its queue until it has ended (``benchmarks/exit_stress.py``
-measures it; ``--data-buffer-size 0`` also avoids it, without prefetching).
+after the batch in hand and drains its queue until it has ended (``tests/test_exit.py`` checks
+it; ``--data-buffer-size 0`` also avoids it, without prefetching).
 """
 
 import queue

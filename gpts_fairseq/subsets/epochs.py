@@ -141,7 +141,7 @@ class EpochSubsets:
     def _check_settings(self, saved: dict, source: str, file: str | None = None) -> None:
         """A ValueError naming every changed option of ``SETTINGS`` and both values, unless
         changes are allowed (then a warning)."""
-        where = f" ({os.path.join(self.save_dir, file)} was made with other options)" if file else ""
+        where = f": {os.path.join(self.save_dir, file)} was made with other options" if file else ""
         changes = option_changes(by_option_name(saved), by_option_name(self.settings()),
                                  allowed=self.allow_option_change, meaning=CHANGED_MEANING + where,
                                  if_allowed=IF_CHANGES_ALLOWED, source=source)

@@ -23,6 +23,7 @@ from fairseq import checkpoint_utils, tasks
 from fairseq.models import ARCH_MODEL_REGISTRY
 
 from ..compat import allow_fairseq_checkpoints
+from ..tasks.gpts_mlm import VALID_STEP, GPTSMaskedLMTask
 from .model import ARCH, SuperRobertaModel
 from .space import DIMS, SubArch
 
@@ -43,8 +44,9 @@ def load_checkpoint(path: str, data: str) -> tuple[dict, object, torch.nn.Module
 
 
 class SubnetLoss:
-    """Validation loss (bits per masked token) of a checkpoint's model on one split, on the
-    task's validation masking (gpts_mlm: the reference masking, the same masks every call)."""
+    """Validation loss (bits per masked token) of a checkpoint's model on one split, masked as
+    the task's validation masks (gpts_mlm: the reference masking, the same masks every call);
+    the criterion on each batch, without the task's validation bookkeeping."""
 
     def __init__(self, checkpoint: str, data: str, split: str, max_batches: int | None = None):
         self.state, self.task, self.model = load_checkpoint(checkpoint, data)
@@ -66,7 +68,9 @@ class SubnetLoss:
         try:
             with torch.no_grad():
                 for batch in self.batches:
-                    loss, sample_size, _ = self.task.valid_step(batch, self.model, self.criterion)
+                    if isinstance(self.task, GPTSMaskedLMTask):  # clean blocks: masked as its validation masks
+                        batch = self.task.mask_sample(batch, self.task.reference_psi, VALID_STEP)
+                    loss, sample_size, _ = self.criterion(self.model, batch)
                     total, size = total + float(loss), size + int(sample_size)
         finally:
             if arch is not None:
