@@ -7,7 +7,8 @@ the number of updates finished) plus the fields its schema names, each checked o
 data-parallel leader writes, whenever the run has a save dir (also with ``--no-save``: events
 are the run's record, not its checkpoint). A resume from a checkpoint written after U updates
 drops the records of update U and later (``truncate_at``): what happened then happens again,
-so the file always matches the training state it accompanies.
+so the file always matches the training state it accompanies. A run that starts afresh keeps
+only its own records (``keep_this_run``), not those of an earlier run in the same save dir.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class EventLog:
         self.name = name
         self.schemas = dict(schema)  # event kind -> its fields' types
         self.path = events_path(save_dir, name) if save_dir is not None and write else None
+        self.written = 0  # records this process appended (the file's last ones)
 
     def write(self, record: Mapping) -> None:
         kind = record.get("event")
@@ -57,6 +59,7 @@ class EventLog:
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         with open(self.path, "a") as handle:
             handle.write(json.dumps(dict(record)) + "\n")
+        self.written += 1
 
     def read(self, kinds: Iterable[str] | None = None) -> list[dict]:
         """The records written so far ([] when none or nothing is kept), optionally of some kinds."""
@@ -66,9 +69,16 @@ class EventLog:
 
     def truncate_at(self, update: int) -> None:
         """Keep the records with ``record["update"] < update`` (atomic rewrite)."""
-        if self.path is None or not os.path.exists(self.path):
-            return
-        kept = [record for record in read_events_file(self.path) if record["update"] < update]
+        if self.path is not None and os.path.exists(self.path):
+            self._rewrite([record for record in read_events_file(self.path) if record["update"] < update])
+
+    def keep_this_run(self) -> None:
+        """Keep only the records this process wrote (atomic rewrite)."""
+        if self.path is not None and os.path.exists(self.path):
+            records = read_events_file(self.path)
+            self._rewrite(records[len(records) - self.written:])
+
+    def _rewrite(self, kept: list[dict]) -> None:
         tmp = self.path + ".tmp"
         with open(tmp, "w") as handle:
             handle.writelines(json.dumps(record) + "\n" for record in kept)

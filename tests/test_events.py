@@ -37,6 +37,18 @@ def test_resume_drops_records_at_and_after_the_checkpoint(tmp_path):
     assert [r["name"] for r in read_events(str(tmp_path), "demo")] == ["0", "4", "again"]
 
 
+def test_a_fresh_run_keeps_only_its_own_records(tmp_path):
+    earlier = EventLog(str(tmp_path), "demo", SCHEMA)
+    for update in (0, 5):
+        earlier.write({"event": "step", "update": update, "loss": 1.0, "name": "earlier"})
+    fresh = EventLog(str(tmp_path), "demo", SCHEMA)
+    fresh.write({"event": "step", "update": 0, "loss": 2.0, "name": "fresh"})
+    fresh.keep_this_run()
+    assert [r["name"] for r in read_events(str(tmp_path), "demo")] == ["fresh"]
+    EventLog(str(tmp_path), "demo", SCHEMA).keep_this_run()  # wrote nothing: keeps nothing
+    assert read_events(str(tmp_path), "demo") == []
+
+
 def test_other_ranks_and_runs_without_a_save_dir_keep_nothing(tmp_path):
     record = {"event": "step", "update": 0, "loss": 1.0, "name": "x"}
     EventLog(str(tmp_path), "demo", SCHEMA, write=False).write(record)

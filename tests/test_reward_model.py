@@ -128,8 +128,8 @@ def test_decisions_do_not_depend_on_the_thread_count():
     ({"reward_model": "trend", "context": "progress"}, "context must be 'none' with reward_model 'trend'"),
     ({"reward_model": "trend", "forgetting": 0.0}, "forgetting must be None or a time scale > 0"),
     ({"reward_model": "trend", "forgetting": float("inf")}, "forgetting must be None or a time scale > 0"),
-    ({"forgetting": 0.5}, "forgetting and payback need reward_model 'trend'"),
-    ({"payback": True}, "forgetting and payback need reward_model 'trend'"),
+    ({"forgetting": 0.5}, "forgetting needs reward_model 'trend', got forgetting 0.5 with reward_model 'arm'"),
+    ({"payback": True}, "payback needs reward_model 'trend', got payback True with reward_model 'arm'"),
     ({"reward_model": "trend", "payback": "yes"}, "payback must be True or False"),
 ])
 def test_bad_options_are_named(options, message):
@@ -230,8 +230,9 @@ def test_fairseq_options_build_the_trend_model():
 
 @pytest.mark.parametrize("values, message", [
     ({"gpts_reward_model": "trend", "gpts_context": "progress"},
-     "--gpts-context progress cannot be combined with --gpts-reward-model trend"),
-    ({"gpts_forgetting": 0.5}, "--gpts-forgetting needs --gpts-reward-model trend"),
+     "--gpts-context must be 'none' with --gpts-reward-model 'trend'"),
+    ({"gpts_forgetting": 0.5}, "--gpts-forgetting needs --gpts-reward-model 'trend', got --gpts-forgetting 0.5 with "
+                               "--gpts-reward-model 'arm'"),
     ({"gpts_reward_model": "trend", "gpts_forgetting": -1.0}, "--gpts-forgetting must be a time scale >= 0"),
     ({"gpts_reward_model": "trend", "max_update": 0}, "--gpts-reward-model trend need the length of training"),
 ])

@@ -134,6 +134,8 @@ def test_gpts_criterion_equals_masked_lm(tiny_corpus):
     (["--gpts-policy", "schedule", "--gpts-schedule-end", "0.1,0.2"], "--gpts-schedule-end must be 3 comma-separated"),
     (["--gpts-policy", "schedule"], "set --max-update or --max-epoch"),
     (["--gpts-interaction-updates", "-3"], "--gpts-interaction-updates must be an integer >= 0"),
+    (["--mask-stdev", "-1"], "--mask-stdev must be finite and >= 0"),
+    (["--gpts-policy", "gp-ts", "--gpts-forgetting", "0.5"], "--gpts-forgetting needs --gpts-reward-model 'trend'"),
     # a masking that selects nothing has no loss, so no reward
     (["--mask-prob", "0"], "--mask-prob must be > 0"),
     (["--gpts-ref-mask-prob", "0"], "--gpts-ref-mask-prob must be > 0"),

@@ -10,11 +10,9 @@ it). A loop that only follows another one (a data-parallel rank other than 0) ne
 boundary alone: ψ and the counters (``boundary_state`` / ``follow``).
 
 A non-finite loss gives no reward and keeps ψ; the next reward then spans several interactions
-of that same ψ and is divided by their number (``reward_span`` in the record). Measured on the
-histories of the 54 bandit runs of benchmarks/results/pretrain (864 simulated skips): the
-undivided two-interaction reward is off the one-interaction reward by 0.026 on average, the
-divided one by 0.010 (consecutive one-interaction rewards differ by 0.022), so dividing keeps
-the observation instead of skipping it.
+of that same ψ and is divided by their number (``reward_span`` in the record; docs/bandit.md
+says why it is kept, divided, rather than skipped). The last interaction of a run may end
+without a decision (``finish(..., decide=False)``).
 """
 
 import math

@@ -284,9 +284,9 @@ class GPThompsonPolicy(Policy):
         if self.reward_model == "trend" and self.context != "none":
             raise ValueError("context must be 'none' with reward_model 'trend' (the trend model already sees "
                              f"progress), got {self.context!r}")
-        if self.reward_model == "arm" and (forgetting is not None or payback):
-            raise ValueError(f"forgetting and payback need reward_model 'trend', got forgetting={forgetting!r}, "
-                             f"payback={payback!r} with 'arm'")
+        for argument, value in (("forgetting", forgetting), ("payback", payback)):
+            if self.reward_model == "arm" and value not in (None, False):
+                raise ValueError(f"{argument} needs reward_model 'trend', got {argument} {value!r} with reward_model 'arm'")
         self.payback, self.forgetting = payback, forgetting
         if fit is None or isinstance(fit, Mapping):
             fit = FitSettings(**(fit or {}))

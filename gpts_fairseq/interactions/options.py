@@ -8,6 +8,7 @@ overrides). A new reward-model option is marked the same way.
 import dataclasses
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -27,6 +28,9 @@ from ..psi_names import FAIRSEQ_DEFAULT_PSI
 logger = logging.getLogger(__name__)
 
 ARM_POLICIES = ("random", "gp-ts")  # the policies that play the arms of --gpts-arm-*
+# the option that sets each keyword argument of the gp-ts policy
+POLICY_ARGUMENT_OPTIONS = {"reward_model": "--gpts-reward-model", "forgetting": "--gpts-forgetting",
+                           "context": "--gpts-context", "window": "--gpts-window", "kernel": "--gpts-kernel"}
 
 
 @dataclass
@@ -121,21 +125,26 @@ def build_policy(cfg, first: Psi):
         raise ValueError("--gpts-policy schedule, --gpts-context progress and --gpts-reward-model trend need the "
                          "length of training: set --max-update or --max-epoch")
     # str(): fairseq's choice options are enums, the bandit's state holds plain strings
-    return make_policy(str(cfg.gpts_policy), space=arm_space(cfg, first), seed=int(cfg.seed), **options)
+    try:
+        return make_policy(str(cfg.gpts_policy), space=arm_space(cfg, first), seed=int(cfg.seed), **options)
+    except ValueError as error:  # the policy checks its arguments (one rule); its errors name the options
+        raise ValueError(named_by_option(str(error))) from None
+
+
+def named_by_option(text: str) -> str:
+    """A policy's error with each of its keyword arguments named by the option that sets it."""
+    for argument, option in POLICY_ARGUMENT_OPTIONS.items():
+        text = re.sub(rf"(?<![\w-]){argument}\b", option, text)
+    return text
 
 
 def _reward_model_options(cfg) -> dict:
-    """--gpts-reward-model and --gpts-forgetting as the gp-ts policy's options, checked."""
-    model, forgetting = str(cfg.gpts_reward_model), cfg.gpts_forgetting
-    if not 0.0 <= forgetting < math.inf:
+    """--gpts-reward-model and --gpts-forgetting as the gp-ts policy's arguments (forgetting 0,
+    "never", is the policy's None)."""
+    if not 0.0 <= cfg.gpts_forgetting < math.inf:
         raise ValueError(f"--gpts-forgetting must be a time scale >= 0 in units of training progress "
-                         f"(0 = never forget), got {forgetting}")
-    if forgetting > 0 and model != "trend":
-        raise ValueError(f"--gpts-forgetting needs --gpts-reward-model trend, got --gpts-reward-model {model}")
-    if model == "trend" and cfg.gpts_context != "none":
-        raise ValueError(f"--gpts-context {cfg.gpts_context} cannot be combined with --gpts-reward-model trend "
-                         "(the trend model already sees training progress)")
-    return {"reward_model": model, "forgetting": forgetting or None}
+                         f"(0 = never forget), got {cfg.gpts_forgetting}")
+    return {"reward_model": str(cfg.gpts_reward_model), "forgetting": cfg.gpts_forgetting or None}
 
 
 def arm_space(cfg, first: Psi) -> ArmSpace:

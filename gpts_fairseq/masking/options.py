@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 
 from ..psi_names import FAIRSEQ_DEFAULT_PSI, PSI_FIELDS
-from .spec import Psi
+from .spec import Psi, validate_span
 
 PSI_OPTIONS = ("--mask-prob", "--leave-unmasked-prob", "--random-token-prob")
 REF_OPTIONS = ("--gpts-ref-mask-prob", "--gpts-ref-leave-unmasked-prob", "--gpts-ref-random-token-prob")
@@ -39,11 +39,8 @@ class MaskingConfig(FairseqDataclass):
 
 
 def check_span_options(cfg) -> None:
-    """``--mask-multiple-length`` and ``--mask-stdev`` named in their errors."""
-    if cfg.mask_multiple_length < 1:
-        raise ValueError(f"--mask-multiple-length must be >= 1, got {cfg.mask_multiple_length}")
-    if not cfg.mask_stdev >= 0:
-        raise ValueError(f"--mask-stdev must be >= 0, got {cfg.mask_stdev}")
+    """The masking spec's span rule, before any data is read, naming the options."""
+    validate_span(cfg.mask_multiple_length, cfg.mask_stdev, names=("--mask-multiple-length", "--mask-stdev"))
 
 
 def selects_something(option: str, psi: Psi) -> Psi:

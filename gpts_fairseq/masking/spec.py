@@ -90,6 +90,21 @@ def _integer(name, value) -> int:
         raise ValueError(f"{name} must be an integer, got {value!r}") from None
 
 
+def validate_span(mask_multiple_length, mask_stdev, *, names=("mask_multiple_length", "mask_stdev")):
+    """The span options as (int >= 1, finite float >= 0); ValueError naming ``names`` (e.g. the
+    command-line options) otherwise."""
+    length = _integer(names[0], mask_multiple_length)
+    if length < 1:
+        raise ValueError(f"{names[0]} must be >= 1, got {length}")
+    try:
+        stdev = float(mask_stdev)
+    except (TypeError, ValueError):
+        raise ValueError(f"{names[1]} must be a number >= 0, got {mask_stdev!r}") from None
+    if not 0.0 <= stdev < math.inf:
+        raise ValueError(f"{names[1]} must be finite and >= 0, got {stdev}")
+    return length, stdev
+
+
 def _check_index(name, value, vocab_size):
     value = _integer(name, value)
     if not 0 <= value < vocab_size:
@@ -140,15 +155,7 @@ class MaskingSpec:
             raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
         mask_idx = _check_index("mask_idx", mask_idx, vocab_size)
         pad_idx = _check_index("pad_idx", pad_idx, vocab_size)
-        mask_multiple_length = _integer("mask_multiple_length", mask_multiple_length)
-        if mask_multiple_length < 1:
-            raise ValueError(f"mask_multiple_length must be >= 1, got {mask_multiple_length}")
-        try:
-            mask_stdev = float(mask_stdev)
-        except (TypeError, ValueError):
-            raise ValueError(f"mask_stdev must be a number >= 0, got {mask_stdev!r}") from None
-        if not 0.0 <= mask_stdev < math.inf:
-            raise ValueError(f"mask_stdev must be finite and >= 0, got {mask_stdev}")
+        mask_multiple_length, mask_stdev = validate_span(mask_multiple_length, mask_stdev)
 
         maskable = np.ones(vocab_size, dtype=bool)
         for special in list(special_ids) + [mask_idx, pad_idx]:

@@ -56,6 +56,7 @@ class GPTSMaskedLMTask(MaskedLMTask, ExtensionDriver):
             counts=np.asarray(self.dictionary.count, dtype=np.float64), freq_weighted=cfg.freq_weighted_replacement,
             mask_multiple_length=cfg.mask_multiple_length, mask_stdev=cfg.mask_stdev)
         self.epoch, self.num_updates, self.criterion = 1, 0, None
+        self.resumed, self.trained = False, False
         self.reward_batches = RewardBatches(
             self._build_reward_batches, mask=lambda batch: self.mask_sample(batch, self.reference_psi, VALID_STEP))
         self.event_logs = {}
@@ -123,7 +124,10 @@ class GPTSMaskedLMTask(MaskedLMTask, ExtensionDriver):
             extension.begin_epoch(epoch, model)
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
-        self.criterion, self.num_updates = criterion, update_num
+        if not (self.trained or self.resumed):  # a fresh start: an earlier run's events are not this run's
+            for log in self.event_logs.values():
+                log.keep_this_run()
+        self.criterion, self.num_updates, self.trained = criterion, update_num, True
         for extension in self.extensions:
             extension.before_update(model, optimizer, update_num)
         sample = self.mask_sample(sample, self.psi, step=self.epoch)
@@ -179,7 +183,7 @@ class GPTSMaskedLMTask(MaskedLMTask, ExtensionDriver):
         return {type(self).__name__: {"updates": self.num_updates, **state}}
 
     def set_checkpoint_dict(self, state):
-        self.num_updates = int(state.get("updates", 0))
+        self.num_updates, self.resumed = int(state.get("updates", 0)), True
         for extension in self.extensions:
             extension.load_state_dict(state.get(extension.name, {}))
         for log in self.event_logs.values():  # what happened after the checkpoint happens again
