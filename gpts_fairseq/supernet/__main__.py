@@ -22,6 +22,7 @@ from .space import SubArch
 
 LATENCY_STREAM = 0x1A7  # the generator that picks the sub-nets the latency predictor is fitted on
 HELD_OUT_SHARE = 0.2
+PATH_OPTIONS = ("checkpoint", "data", "out", "latency_cache")
 
 
 def parse_window(text: str) -> tuple[float, float]:
@@ -134,7 +135,8 @@ def search_command(options) -> dict:
     predicted = predictor.predict(archs)
     losses = [evaluated[a] for a in archs]
     front = pareto_front(list(zip(predicted, losses)))
-    result = {"settings": vars(options) | {"window": list(options.window), "target": settings.target}, "chosen": str(best),
+    kept = {k: v for k, v in vars(options).items() if k not in PATH_OPTIONS}  # no machine path in a result
+    result = {"settings": kept | {"window": list(options.window), "target": settings.target}, "chosen": str(best),
               "chosen_loss_bits": evaluated[best], "chosen_params": params(best),
               "chosen_latency_ms_measured": table(best), "chosen_latency_ms_predicted": float(predicted[0]),
               "latency_predictor_held_out_error": predictor.held_out_error,
