@@ -51,10 +51,10 @@ test: install
 	$(PY) -m pytest -q tests
 
 bench: install
-	$(PY) benchmarks/masking.py
-	$(PY) benchmarks/bandit_overhead.py
-	$(PY) benchmarks/nonstationary.py
-	$(PY) benchmarks/train_speed.py
+	$(PY) -m benchmarks.masking
+	$(PY) -m benchmarks.bandit_overhead
+	$(PY) -m benchmarks.nonstationary
+	$(PY) -m benchmarks.train_speed
 
 # The one GPU check (at most 8 minutes on one GPU): builds the op for the GPU present, CUDA tests,
 # CPU/GPU mask equality, op vs HF-style timing, a 200-update GP-TS fairseq-train; writes

@@ -65,10 +65,11 @@ setup(
     name="gpts-fairseq",
     version="0.1.0",
     packages=find_packages(include=["gpts_fairseq", "gpts_fairseq.*"]),
+    package_data={"gpts_fairseq.flexibert": ["space.yaml"]},  # the default design space
     python_requires=">=3.9",
     # torch and fairseq are not required: the user's own builds are kept (see the Makefile); the
     # "fairseq" extra names the supported releases (a fork of them works if it keeps their internals)
-    install_requires=["numpy", "gpytorch>=1.11", "matplotlib", "packaging"],
+    install_requires=["numpy", "gpytorch>=1.11", "matplotlib", "packaging", "pyyaml"],
     # tensorboard: fairseq's --tensorboard-logdir writer and the test's event reader;
     # sentencepiece: examples/pretrain_from_raw_text.sh --sentencepiece (neither depends on torch)
     extras_require={"test": ["pytest>=7", "hypothesis>=6", "tensorboard>=2.10", "sentencepiece>=0.1.99"],

@@ -1,2 +1,2 @@
-"""Benchmarks of gpts-fairseq: ``python -m benchmarks.<driver>`` (see each module's docstring).
-Every driver that trains runs fairseq-train through :mod:`benchmarks.harness`."""
+"""Benchmarks of gpts-fairseq: ``python -m benchmarks.<driver>`` (see each module's docstring). Every
+comparison runs fairseq-train through :mod:`benchmarks.harness`; ``train_speed`` times its own two runs."""

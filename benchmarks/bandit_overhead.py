@@ -2,19 +2,20 @@
 number of observations and of arms, for our fit, the paper's and the trend reward model, on the
 rewards of the synthetic TrendProblem.
 
-    python benchmarks/bandit_overhead.py [--quick] [--out benchmarks/results/bandit_overhead.json]
+    python -m benchmarks.bandit_overhead [--quick] [--out benchmarks/results/bandit_overhead.json]
 
 Target: <= ``TARGET_MS`` at 1,000 arms (the paper's ψ grid) and 100 observations.
 """
 
 import argparse
-import json
 import os
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
+from benchmarks import harness
 from gpts_fairseq.bandit import ArmSpace, FitSettings, make_policy
 from gpts_fairseq.bandit.synthetic import TrendProblem
 
@@ -62,7 +63,7 @@ def decision_ms(variant, options, observations, repeats):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bandit_overhead.json"))
+    parser.add_argument("--out", type=Path, default=harness.REPO_ROOT / "benchmarks" / "results" / "bandit_overhead.json")
     options = parser.parse_args()
     repeats = 2 if options.quick else 5
     rows = []
@@ -75,18 +76,16 @@ def main():
             print(f"{label:18s} n={n:4d}  ours {row['ours_ms']:8.1f} ms   paper fit {row['paper_ms']:8.1f} ms   "
                   f"trend model {row['trend_ms']:8.1f} ms", flush=True)
     target = next(r for r in rows if r["arms"].startswith("psi") and r["observations"] == 100)
-    print("\n| arms | observations | ours (ms) | paper's fit (ms) | trend model (ms) |\n|---|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['arms']} | {r['observations']} | {r['ours_ms']:.1f} | {r['paper_ms']:.1f} | {r['trend_ms']:.1f} |")
+    print("\n" + harness.md_table(["arms", "observations", "ours (ms)", "paper's fit (ms)", "trend model (ms)"], "lrrrr",
+                                  [[r["arms"], r["observations"], *(f"{r[f'{m}_ms']:.1f}" for m in MODELS)] for r in rows]))
     verdicts = {name: "met" if target[f"{name}_ms"] <= TARGET_MS else "MISSED" for name in ("ours", "trend")}
     print(f"\ntarget <= {TARGET_MS:.0f} ms at 1,000 arms, 100 observations: ours {target['ours_ms']:.1f} ms "
           f"({verdicts['ours']}), trend model {target['trend_ms']:.1f} ms ({verdicts['trend']}); "
           f"torch threads: {torch.get_num_threads()} (decisions run single-threaded)")
-    os.makedirs(os.path.dirname(os.path.abspath(options.out)), exist_ok=True)
-    with open(options.out, "w") as handle:
-        json.dump({"rows": rows, "target_ms": TARGET_MS, "target_met": {name: v == "met" for name, v in verdicts.items()},
-                   "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cores": os.cpu_count(),
-                   "load_average": list(os.getloadavg())}, handle, indent=2)
+    harness.write_json(options.out, {"rows": rows, "target_ms": TARGET_MS,
+                                     "target_met": {name: v == "met" for name, v in verdicts.items()},
+                                     "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cores": os.cpu_count(),
+                                     "load_average": list(os.getloadavg())})
     print(f"wrote {options.out}")
 
 

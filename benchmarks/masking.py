@@ -1,22 +1,23 @@
 """Masking throughput: the compiled op vs HuggingFace-style torch masking vs fairseq's
 MaskTokensDataset vs a plain copy of the same bytes, in million tokens per second.
 
-    python benchmarks/masking.py [--quick] [--out benchmarks/results/masking.json]
+    python -m benchmarks.masking [--quick] [--out benchmarks/results/masking.json]
 
 All methods side by side in one run: vocabulary 50k, ``PSI``, batches ``SHAPES``; fairseq has
 only its exact per-sequence count, so its number is the baseline for both modes.
 """
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks import harness
 from gpts_fairseq.masking import MaskingSpec, MaskTokensArgs, Psi, ops
 
 VOCAB = 50_000
@@ -136,20 +137,19 @@ def speedups(row):
 
 
 def table(rows):
-    lines = ["| batch | mode | op | op (1 thread) | HF torch (b) | fairseq (c) | copy (d) | op / HF | op / fairseq |",
-             "|" + "---|" * 9]
-    for row in rows:
-        mtok, ratio = row["mtokens_per_s"], speedups(row)
-        lines.append(f"| {row['batch']} | {row['mode']} | {mtok['op']:.0f} | {mtok['op_1_thread']:.0f} "
-                     f"| {mtok['hf']:.1f} | {mtok['fairseq']:.2f} | {mtok['copy']:.0f} "
-                     f"| {ratio['hf']:.1f}x | {ratio['fairseq']:.0f}x |")
-    return "\n".join(lines)
+    def cells(row):
+        m, r = row["mtokens_per_s"], speedups(row)
+        return [row["batch"], row["mode"], f"{m['op']:.0f}", f"{m['op_1_thread']:.0f}", f"{m['hf']:.1f}",
+                f"{m['fairseq']:.2f}", f"{m['copy']:.0f}", f"{r['hf']:.1f}x", f"{r['fairseq']:.0f}x"]
+
+    return harness.md_table(["batch", "mode", "op", "op (1 thread)", "HF torch (b)", "fairseq (c)", "copy (d)",
+                             "op / HF", "op / fairseq"], "l" * 9, map(cells, rows))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short timing (a smoke run)")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "masking.json"))
+    parser.add_argument("--out", type=Path, default=harness.REPO_ROOT / "benchmarks" / "results" / "masking.json")
     options = parser.parse_args()
     if not ops.is_available():
         raise SystemExit("the extension is not built: pip install --no-build-isolation -e .")
@@ -159,10 +159,8 @@ def main():
         row["targets_met"] = {name: row["speedup"][name] >= target for name, target in TARGETS[row["mode"]].items()}
     print("million tokens / s (source and target)")
     print(table(rows))
-    result = {"machine": machine_info(), "psi": PSI.as_dict(), "vocab": VOCAB, "targets": TARGETS, "rows": rows}
-    os.makedirs(os.path.dirname(os.path.abspath(options.out)), exist_ok=True)
-    with open(options.out, "w") as handle:
-        json.dump(result, handle, indent=2)
+    harness.write_json(options.out, {"machine": machine_info(), "psi": PSI.as_dict(), "vocab": VOCAB, "targets": TARGETS,
+                                     "rows": rows})
     print(f"wrote {options.out}")
 
 

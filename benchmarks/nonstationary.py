@@ -2,7 +2,7 @@
 the synthetic ``PROBLEMS`` of gpts_fairseq.bandit.synthetic, and a replay of the logged
 pre-training rewards through each reward model.
 
-    python benchmarks/nonstationary.py [--interactions 60] [--seeds 5]
+    python -m benchmarks.nonstationary [--interactions 60] [--seeds 5]
 
 Protocol and pre-registered criterion (``criterion``): docs/experiments/nonstationary.md
 (pre-registered text: ``git show 392b41a:benchmarks/nonstationary.py``).
@@ -14,7 +14,9 @@ import json
 import os
 import statistics
 import warnings
+from pathlib import Path
 
+from benchmarks import harness
 from gpts_fairseq.bandit import ArmSpace, BanditWarning, make_policy
 from gpts_fairseq.bandit.synthetic import SyntheticProblem, TrendProblem, run_bandit
 
@@ -34,7 +36,8 @@ POLICIES = {
 CRITERION_PROBLEM = "measured trend + paid-back arm effect"
 CRITERION_POLICY = "gp-ts, reward model=trend"
 CRITERION_RIVALS = ("gp-ts", "gp-ts, context=progress", "gp-ts, window=10")
-PRETRAIN_RESULTS = os.path.join(os.path.dirname(__file__), "results", "pretrain")
+RESULTS = harness.REPO_ROOT / "benchmarks" / "results"
+PRETRAIN_RESULTS = RESULTS / "pretrain"
 REPLAY_POLICIES = ("random", "gp-ts-rho", "gp-ts-rho-progress", "gp-ts-rho-window")
 REWARD_MODELS = ("arm", "trend")
 
@@ -77,7 +80,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--interactions", type=int, default=60)
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "nonstationary.json"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "nonstationary.json")
     options = parser.parse_args()
     space, results = ArmSpace.paper_grid("rho"), {}
     for problem_name, problem_for in PROBLEMS.items():
@@ -89,10 +92,9 @@ def main():
                 "mean": statistics.mean(totals), "std": statistics.stdev(totals), "per_seed": totals}
     print(f"cumulative regret over {options.interactions} interactions, mean ± std over {options.seeds} seeds "
           "(lower is better)\n")
-    print("| policy | " + " | ".join(PROBLEMS) + " |\n|---|" + "---:|" * len(PROBLEMS))
-    for label in POLICIES:
-        print(f"| {label} | " + " | ".join(f"{results[p][label]['mean']:.1f} ± {results[p][label]['std']:.1f}"
-                                           for p in PROBLEMS) + " |")
+    print(harness.md_table(["policy", *PROBLEMS], "l" + "r" * len(PROBLEMS),
+                           [[label, *(f"{results[p][label]['mean']:.1f} ± {results[p][label]['std']:.1f}" for p in PROBLEMS)]
+                            for label in POLICIES]))
     replayed = replay()
     print("\nreplay of the logged pre-training rewards: runs whose posterior mean rises from rho 0.05 to 0.50")
     for model, row in replayed.items():
@@ -103,11 +105,9 @@ def main():
     for rival, row in verdict.items():
         print(f"  vs {rival}: {row['ours']:.1f} vs {row['theirs']:.1f}, lower on {row['seed_wins']}/{options.seeds} "
               f"seeds: {'PASSED' if row['passed'] else 'FAILED'}")
-    os.makedirs(os.path.dirname(os.path.abspath(options.out)), exist_ok=True)
-    with open(options.out, "w") as handle:
-        json.dump({"interactions": options.interactions, "seeds": options.seeds, "results": results,
-                   "criterion": verdict, "criterion_passed": all(row["passed"] for row in verdict.values()),
-                   "replay": replayed}, handle, indent=2)
+    harness.write_json(options.out, {"interactions": options.interactions, "seeds": options.seeds, "results": results,
+                                     "criterion": verdict, "criterion_passed": all(row["passed"] for row in verdict.values()),
+                                     "replay": replayed})
     print(f"\nwrote {options.out}")
 
 

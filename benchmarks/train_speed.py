@@ -1,14 +1,13 @@
 """Training speed of --task gpts_mlm vs fairseq's --task masked_lm: the same tiny RoBERTa, data,
 seed and command line but for the task name, one run each, side by side.
 
-    python benchmarks/train_speed.py [--updates 300] [--workers 1]
+    python -m benchmarks.train_speed [--updates 300] [--workers 1]
 
 Words/s: fairseq's ``wps`` of the last epoch record; gpts_mlm runs its default (constant)
 policy, so both train the same masking. Target: gpts_mlm >= ``TARGET`` x masked_lm.
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import harness
 from gpts_fairseq.__main__ import DEMO_TRAIN, build_corpus
 from gpts_fairseq.report.history import iter_log_records
 
@@ -45,21 +45,18 @@ def main():
     parser.add_argument("--updates", type=int, default=300)
     parser.add_argument("--workers", type=int, default=1, help="DataLoader worker processes (both tasks)")
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "gpts-fairseq-speed")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "train_speed.json"))
+    parser.add_argument("--out", type=Path, default=harness.REPO_ROOT / "benchmarks" / "results" / "train_speed.json")
     options = parser.parse_args()
     data = build_corpus(options.data)
     rows = [train(data, task, options.updates, options.workers, options.data / task) for task in ("masked_lm", "gpts_mlm")]
     ratio = rows[1]["wps"] / rows[0]["wps"]
     print(f"{options.updates} updates, batch 16 x 128 tokens, 1 torch thread, {options.workers} worker(s)\n")
-    print("| task | words/s | train wall (s) | final train loss |\n|---|---:|---:|---:|")
-    for row in rows:
-        print(f"| {row['task']} | {row['wps']:.0f} | {row['train_wall_s']:.0f} | {row['loss']:.3f} |")
+    print(harness.md_table(["task", "words/s", "train wall (s)", "final train loss"], "lrrr",
+                           [[r["task"], f"{r['wps']:.0f}", f"{r['train_wall_s']:.0f}", f"{r['loss']:.3f}"] for r in rows]))
     print(f"\ngpts_mlm / masked_lm = {ratio:.3f} (target >= {TARGET}: {'met' if ratio >= TARGET else 'MISSED'})")
-    os.makedirs(os.path.dirname(os.path.abspath(options.out)), exist_ok=True)
-    with open(options.out, "w") as handle:
-        json.dump({"updates": options.updates, "workers": options.workers, "rows": rows, "ratio": ratio,
-                   "target": TARGET, "load_average": list(os.getloadavg()),
-                   "time": time.strftime("%Y-%m-%d %H:%M:%S %Z")}, handle, indent=2)
+    harness.write_json(options.out, {"updates": options.updates, "workers": options.workers, "rows": rows, "ratio": ratio,
+                                     "target": TARGET, "load_average": list(os.getloadavg()),
+                                     "time": time.strftime("%Y-%m-%d %H:%M:%S %Z")})
     print(f"wrote {options.out}")
 
 

@@ -22,6 +22,7 @@ from .space import SubArch
 
 LATENCY_STREAM = 0x1A7  # the generator that picks the sub-nets the latency predictor is fitted on
 HELD_OUT_SHARE = 0.2
+PATH_OPTIONS = ("checkpoint", "data", "out", "latency_cache")
 
 
 def parse_window(text: str) -> tuple[float, float]:
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--constraint", choices=CONSTRAINTS, default="none")
     target = search.add_mutually_exclusive_group()
     target.add_argument("--target", type=float, help="parameters, or latency in ms, the constraint aims at")
-    target.add_argument("--target-arch", help="L,D,H,F: aim at this sub-net's parameters or measured latency")
+    target.add_argument("--target-arch", help="L,D,H,F: aim at this sub-net's parameters or predicted latency")
     search.add_argument("--window", type=parse_window, default=(0.85, 1.1),
                         help="feasible: LOW*target <= value <= HIGH*target (default 0.85,1.1)")
     search.add_argument("--generations", type=int, default=10)
@@ -109,18 +110,19 @@ def search_command(options) -> dict:
     params = params_counter(space, vocab, model.encoder.sentence_encoder.embed_positions.weight.size(0))
     table = LatencyTable(space, vocab, options.latency_cache or os.path.join(options.out, "latency.json"),
                          threads=options.latency_threads, length=options.latency_length, runs=options.latency_runs)
+    predictor = fit_latency_predictor(space, table, options.latency_samples, options.seed, progress)
     target = options.target
-    if target_arch is not None:
+    if target_arch is not None:  # on the scale feasibility is judged on: parameters, or predicted latency
         space.check(target_arch, "--target-arch")
-        target = float(params(target_arch) if options.constraint == "params" else table(target_arch))
-        progress(f"target: {target:g} {'parameters' if options.constraint == 'params' else 'ms'} ({target_arch})")
+        target = float(params(target_arch) if options.constraint == "params" else predictor.predict([target_arch])[0])
+        progress(f"target: {target:g} {'parameters' if options.constraint == 'params' else 'ms predicted'} "
+                 f"({target_arch}; measured {table(target_arch):.2f} ms)")
     settings = settings_with(target)
     state_path = os.path.join(options.out, STATE_FILE)
     if os.path.exists(state_path):
         with open(state_path) as handle:
             stored = json.load(handle)["settings"]
         settings.resumable_with(SearchSettings(**{**stored, "window": tuple(stored["window"])}))
-    predictor = fit_latency_predictor(space, table, options.latency_samples, options.seed, progress)
     feasible = Feasibility(space, settings, params, predictor.predict)
     progress(f"{len(feasible.archs)} feasible sub-nets of {space.size()}")
 
@@ -133,7 +135,8 @@ def search_command(options) -> dict:
     predicted = predictor.predict(archs)
     losses = [evaluated[a] for a in archs]
     front = pareto_front(list(zip(predicted, losses)))
-    result = {"settings": vars(options) | {"window": list(options.window), "target": settings.target}, "chosen": str(best),
+    kept = {k: v for k, v in vars(options).items() if k not in PATH_OPTIONS}  # no machine path in a result
+    result = {"settings": kept | {"window": list(options.window), "target": settings.target}, "chosen": str(best),
               "chosen_loss_bits": evaluated[best], "chosen_params": params(best),
               "chosen_latency_ms_measured": table(best), "chosen_latency_ms_predicted": float(predicted[0]),
               "latency_predictor_held_out_error": predictor.held_out_error,
