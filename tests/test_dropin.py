@@ -71,4 +71,4 @@ def test_hydra_with_fairseqs_roberta_pretraining_yaml(tiny_corpus, tmp_path):
                            "--config-name", "base", *overrides], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     history = (tmp_path / "save" / "gpts_history.jsonl").read_text().splitlines()
-    assert len(history) == 2  # interactions ended at updates 2 and 4
+    assert len(history) == 3  # interactions ended at updates 2 and 4, the last at --max-update 6

@@ -36,7 +36,7 @@ def test_roberta_hydra_recipe(tiny_corpus, tmp_path):
     run_fairseq(["--config-dir", EXAMPLES / "roberta/config/pretraining", "--config-name", "base", *overrides],
                 tool="hydra_train")
     records = history(tmp_path / "save")
-    assert [r["end_update"] for r in records] == [2, 4]  # interactions ended at updates 2 and 4
+    assert [r["end_update"] for r in records] == [2, 4, 6]  # interactions ended at updates 2, 4 and --max-update 6
     assert all(r["reward"] is not None for r in records)
     assert (tmp_path / "tb" / "train_inner").is_dir()
 
@@ -103,7 +103,7 @@ def test_raw_text_to_gp_ts_run(tmp_path, tokenizer):
     else:
         assert 100 < len(dictionary) <= 200 and any(piece.startswith("\u2581") and len(piece) > 1 for piece in dictionary)
     records = history(out / "checkpoints")
-    assert [r["end_update"] for r in records] == [2, 4]
+    assert [r["end_update"] for r in records] == [2, 4, 6]
     assert all(r["reward"] is not None for r in records)
     assert (out / "checkpoints" / "checkpoint_last.pt").exists() and (out / "tensorboard").is_dir()
 

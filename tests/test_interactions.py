@@ -55,6 +55,8 @@ def test_history_and_exact_resume(tiny_corpus, tmp_path):
     assert len({json.dumps(r["next_psi"]) for r in history}) > 1  # it explores
     last = history[-1]  # ended by --max-update: a reward, no decision
     assert (last["end_update"], last["next_psi"], last["decision_time_s"]) == (42, None, 0.0)
+    progress = [line for line in full.stderr.splitlines() if "| gpts_fairseq.progress | gpts: update " in line]
+    assert len(progress) == 9 and "gpts: update 42/42, psi rho=" in progress[-1]  # a line per interaction, on stderr
 
     resumed_dir = tmp_path / "resumed"
     resumed_dir.mkdir()

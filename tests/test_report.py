@@ -356,9 +356,9 @@ def test_report_on_real_fairseq_runs(real_runs, tmp_path, monkeypatch):
     ends = list(range(REAL_EVERY, REAL_BUDGET + 1, REAL_EVERY))
     for label, curve in curves.items():
         assert [u for u, _ in curve] == ends, label
-    # the run really is what the report will describe: 3 interactions, reward = relative drop
-    # of the reference loss on the same batches that fairseq validated
-    assert [(r["update"], r["end_update"]) for r in history] == [(0, 5), (5, 10), (10, 15)]
+    # the run really is what the report will describe: 4 interactions (the last ended by
+    # --max-update), reward = relative drop of the reference loss on the same batches that fairseq validated
+    assert [(r["update"], r["end_update"]) for r in history] == [(0, 5), (5, 10), (10, 15), (15, 20)]
     valid = dict(curves["gp-ts-rho"])
     for r in history:
         assert round(r["val_loss"], 3) == pytest.approx(valid[r["end_update"]], abs=1.5e-3)
@@ -377,15 +377,15 @@ def test_report_on_real_fairseq_runs(real_runs, tmp_path, monkeypatch):
         assert _line(drawn["val_loss.png"], f"{label} (n=1)") == ([u for u, _ in curve], [x for _, x in curve])
     target = curves["constant-0.15"][-1][1]
     assert _line(drawn["val_loss.png"], f"target {target:.3f}")[1] == [target, target]
-    # psi: the history's steps, then the last decision until the end; constant flat at 0.15
-    segments = [(r["update"], r["end_update"], r["psi"]) for r in history] + [(15, REAL_BUDGET, history[-1]["next_psi"])]
+    # psi: the history's steps to the end; constant flat at 0.15
+    segments = [(r["update"], r["end_update"], r["psi"]) for r in history]
     assert len(drawn["psi.png"]) == 3  # rho, gamma, lambda
     for panel, dim in enumerate(["mask_prob", "leave_unmasked_prob", "random_token_prob"]):
         xs, ys = _line(drawn["psi.png"], "gp-ts-rho", panel)
         assert xs == [u for a, b, _ in segments for u in (a, b)] and ys == [psi[dim] for *_, psi in segments for _ in (0, 1)]
         assert _line(drawn["psi.png"], "constant-0.15", panel) == ([0, REAL_BUDGET], [REF[dim]] * 2)
     # rewards per interaction, from the history
-    assert _line(drawn["reward.png"], "gp-ts-rho (n=1)") == ([0, 1, 2], [r["reward"] for r in history])
+    assert _line(drawn["reward.png"], "gp-ts-rho (n=1)") == ([0, 1, 2, 3], [r["reward"] for r in history])
     # posterior after interactions 1 and 2 (the first is the prior): the recorded GP mean over rho
     for k in (1, 2):
         post = history[k]["posterior"]

@@ -57,7 +57,7 @@ def test_two_rank_run_resumes_exactly(tiny_corpus, tmp_path):
     assert "@ 20 updates" in resumed.stderr + resumed.stdout
 
     history = history_without_timing(tmp_path / "full")
-    assert [r["interaction"] for r in history] == list(range(5))  # boundaries 10, 20, ..., 50
+    assert [r["interaction"] for r in history] == list(range(6))  # boundaries 10, 20, ..., 50, the end at 60
     assert len({json.dumps(r["next_psi"]) for r in history}) > 1  # psi moved, so the bandit state mattered
     assert history_without_timing(resumed_dir) == history
     assert len(train_losses_after(full, 20)) == 40 and train_losses_after(resumed, 20) == train_losses_after(full, 20)

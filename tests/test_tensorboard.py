@@ -33,10 +33,12 @@ def test_tensorboard_shows_psi_reward_and_masking_statistics(tiny_corpus, tmp_pa
                 "loss_kept", "loss"):
         assert [step for step, _ in train_inner.get(tag, [])] == list(range(1, MAX_UPDATE + 1)), tag
     assert all(0.05 <= value <= 0.5 for _, value in train_inner["psi_rho"])  # the paper's ρ grid
-    # one reward and one decision per finished interaction, at the update that starts the next
+    # one reward and one decision per finished interaction, at the update that starts the next;
+    # the last interaction, ended by --max-update, has a reward and no decision
     decided_at = list(range(INTERACTION_UPDATES + 1, MAX_UPDATE + 1, INTERACTION_UPDATES))
-    for tag in ("gpts_reward", "gpts_next_mask_prob", "gpts_decision_ms"):
+    for tag in ("gpts_next_mask_prob", "gpts_decision_ms"):
         assert [step for step, _ in train_inner.get(tag, [])] == decided_at, tag
+    assert [step for step, _ in train_inner["gpts_reward"]] == decided_at + [MAX_UPDATE]
     # the ψ decided at an interaction is the ψ in force from that update on
     psi_rho = dict(train_inner["psi_rho"])
     assert all(psi_rho[step] == pytest.approx(value, abs=1e-3) for step, value in train_inner["gpts_next_mask_prob"])

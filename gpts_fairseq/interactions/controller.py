@@ -301,7 +301,8 @@ def _log_interaction(record):
     logger.info(f"gpts: interaction {record['interaction']} (updates {record['update']}-"
                 f"{record['end_update']}): val loss {record['val_loss']}, reward {reward}, "
                 f"decision {1000 * record['decision_time_s']:.1f} ms; {psi}")
-    values = {"gpts_reward": record["reward"], "gpts_decision_ms": 1000 * record["decision_time_s"],
+    decided = record["next_psi"] is not None
+    values = {"gpts_reward": record["reward"], "gpts_decision_ms": 1000 * record["decision_time_s"] if decided else None,
               "gpts_posterior_mean": record["posterior_mean"], "gpts_posterior_std": record["posterior_std"],
               **{f"gpts_next_{name}": value for name, value in (record["next_psi"] or {}).items()}}
     for name, value in values.items():
