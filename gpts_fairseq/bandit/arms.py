@@ -12,23 +12,13 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch.quasirandom import SobolEngine
 
-from ..masking.spec import PSI_FIELDS, Psi
+from ..masking.spec import PSI_FIELDS, Psi, check_probability
 
 VARIANTS = ("rho", "psi")
 PAPER_BOUNDS = (0.05, 0.50)
 PAPER_STEP = 0.05
 PAPER_FIXED = {"leave_unmasked_prob": 0.1, "random_token_prob": 0.1}
 MIN_CANDIDATES = 1024
-
-
-def _check_probability(option, value):
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{option} must be a number in [0, 1], got {value!r}") from None
-    if not 0.0 <= value <= 1.0:  # also rejects NaN
-        raise ValueError(f"{option} must be in [0, 1], got {value}")
-    return value
 
 
 def _grid_values(name, lower, upper, step):
@@ -86,7 +76,7 @@ class ArmSpace:
             if name in dims:
                 fixed.pop(name, None)
             elif name in fixed:
-                self.fixed[name] = _check_probability(f"fixed[{name!r}]", fixed[name])
+                self.fixed[name] = check_probability(f"fixed[{name!r}]", fixed[name])
             else:
                 raise ValueError(f"fixed must give {name!r}, which is not searched (dims={list(dims)})")
         self.bounds = {}
@@ -94,8 +84,8 @@ class ArmSpace:
             pair = bounds.get(name, PAPER_BOUNDS)
             if len(pair) != 2:
                 raise ValueError(f"bounds[{name!r}] must be (lower, upper), got {pair!r}")
-            lower = _check_probability(f"bounds[{name!r}] lower", pair[0])
-            upper = _check_probability(f"bounds[{name!r}] upper", pair[1])
+            lower = check_probability(f"bounds[{name!r}] lower", pair[0])
+            upper = check_probability(f"bounds[{name!r}] upper", pair[1])
             if lower > upper:
                 raise ValueError(f"bounds[{name!r}]: lower {lower} > upper {upper}")
             self.bounds[name] = (lower, upper)

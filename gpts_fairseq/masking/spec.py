@@ -15,6 +15,17 @@ from ..psi_names import PSI_FIELDS
 from .reference import TWO_POW_32, threshold
 
 
+def check_probability(option: str, value) -> float:
+    """``value`` as a float in [0, 1]; ValueError naming ``option`` otherwise (NaN included)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{option} must be a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= value <= 1.0:  # also rejects NaN
+        raise ValueError(f"{option} must be in [0, 1], got {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class Psi:
     """ψ = (ρ, γ, λ): select with probability ρ; a selected token is kept with probability γ,
@@ -39,13 +50,7 @@ class Psi:
         """The three values as floats; ValueError naming the option when one is out of range."""
         values = []
         for name, value in zip(names, (mask_prob, leave_unmasked_prob, random_token_prob)):
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}") from None
-            if not 0.0 <= value <= 1.0:  # also rejects NaN
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
-            values.append(value)
+            values.append(check_probability(name, value))
         if values[1] + values[2] > 1.0:
             raise ValueError(
                 f"{names[1]} + {names[2]} must be <= 1, got {values[1]} + {values[2]} = "
