@@ -61,5 +61,7 @@ def test_the_stand_in_corpus_is_the_repository_text_in_a_fixed_order(tmp_path):
 
 
 def test_make_gpu_check_runs_the_script():
-    proc = subprocess.run(["make", "-n", "gpu-check"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    # --no-print-directory: under `make test` (MAKELEVEL set) make would add "Entering directory" lines
+    proc = subprocess.run(["make", "--no-print-directory", "-n", "gpu-check"], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("-m benchmarks.gpu_check")
