@@ -5,6 +5,7 @@ a greedy order of the facility-location function f(S) = Σ_i max(0, max_{j∈S} 
 pick's marginal gain, then a draw without replacement from the Taylor-softmax of the gains,
 each partition contributing in proportion to its size. Run on one thread
 (``runtime.single_thread``), a selection is a pure function of the features and the seed.
+``facility_location_report`` measures a selection against uniform subsets and the exact greedy.
 """
 
 import math
@@ -139,3 +140,35 @@ def facility_location_orders(features: torch.Tensor, partitions: list[torch.Tens
         orders.append(part[local])
         gains.append(gain)
     return orders, gains
+
+
+def facility_location_value(kernel: torch.Tensor, chosen: torch.Tensor) -> float:
+    """f(S) = Σ_i max(0, max_{j∈S} K_ij) of the rows ``chosen`` of ``kernel`` (float64 sum; 0 for
+    an empty S): the function the greedy maximises, whose gains sum to it."""
+    if len(chosen) == 0:
+        return 0.0
+    return float(kernel.index_select(0, chosen).amax(0).clamp_(min=0).sum(dtype=torch.float64))
+
+
+def facility_location_report(features: torch.Tensor, partitions: list[torch.Tensor], chosen: torch.Tensor, *,
+                             random_count: int, generator: torch.Generator) -> dict:
+    """How far the subset ``chosen`` (global indices) is from uniform subsets and from the exact
+    greedy, in facility location summed over ``partitions`` (each with its own cosine kernel):
+    ``facility_location`` f(S); ``facility_location_random``, f of ``random_count`` uniform subsets
+    with S's size in every partition (drawn by ``randperm`` from ``generator``, partition by
+    partition, the subsets in turn); ``facility_location_greedy``, f of the lazy greedy's first
+    picks, S's size in every partition."""
+    member = torch.zeros(len(features), dtype=torch.bool)
+    member[chosen] = True
+    chosen_value, greedy_value = 0.0, 0.0
+    random_values = [0.0] * random_count
+    for part in partitions:
+        kernel = cosine_kernel(features[part])
+        local = torch.nonzero(member[part]).squeeze(1)
+        chosen_value += facility_location_value(kernel, local)
+        greedy_value += facility_location_value(kernel, lazy_greedy(kernel, budget=len(local))[0])
+        for r in range(random_count):
+            uniform = torch.randperm(len(part), generator=generator)[:len(local)]
+            random_values[r] += facility_location_value(kernel, uniform)
+    return {"facility_location": chosen_value, "facility_location_random": random_values,
+            "facility_location_greedy": greedy_value}
