@@ -165,11 +165,20 @@ def config(**overrides):
     ("subset_feature_layer", -2, "--subset-feature-layer must be -1"),
     ("subset_stochastic_epsilon", 1.0, r"--subset-stochastic-epsilon must be in \(0, 1\)"),
     ("subset_temperature", 0.0, "--subset-temperature must be > 0"),
+    ("subset_report_facility_location", -1, "--subset-report-facility-location must be an integer >= 0"),
+    ("subset_report_facility_location", 2.5, "--subset-report-facility-location must be an integer >= 0"),
 ])
 def test_bad_option_is_named(option, value, message):
     validate_subset_config(config())
     with pytest.raises(ValueError, match=message):
         validate_subset_config(config(**{option: value}))
+
+
+def test_facility_location_report_needs_ingenious():
+    validate_subset_config(config(subset_selector="ingenious", subset_report_facility_location=100))
+    with pytest.raises(ValueError, match="--subset-report-facility-location .* needs --subset-selector ingenious, "
+                                         "got random-online"):
+        validate_subset_config(config(subset_selector="random-online", subset_report_facility_location=100))
 
 
 def test_selection_schedule():

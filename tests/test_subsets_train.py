@@ -141,6 +141,31 @@ def test_mid_epoch_resume_is_exact_and_reads_the_selection(tiny_corpus, tmp_path
     assert "is not the one this checkpoint trained on" in failed.stderr + failed.stdout
 
 
+def test_facility_location_report_is_in_the_events_under_no_save(tiny_corpus, tmp_path):
+    """--no-save: each ingenious selection's event (the only record of the run; no checkpoint, no
+    selection file) carries the report, where the harness collects events; the run trains exactly
+    as without the report."""
+    from benchmarks import harness
+
+    common = [tiny_corpus, *TINY_MODEL, *TASK, *INGENIOUS, "--subset-warmup-epochs", "0", "--max-update", "6",
+              "--no-save"]
+    plain, reported = run_together([*common, "--save-dir", tmp_path / "plain"],
+                                   [*common, "--save-dir", tmp_path / "report",
+                                    "--subset-report-facility-location", "10"])
+    assert losses(reported) == losses(plain) and len(losses(plain)) == 6
+    assert harness.event_names(tmp_path / "report") == ["subsets"]
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["gpts_subsets_events.jsonl"]
+    records, plain_records = (read_events(str(tmp_path / name), "subsets") for name in ("report", "plain"))
+    assert [(r["epoch"], r["update"], r["kind"], r["file"]) for r in records] == [(1, 0, "ingenious", None),
+                                                                                   (2, 3, "ingenious", None)]
+    assert [r["hash"] for r in records] == [r["hash"] for r in plain_records]
+    for record, plain_record in zip(records, plain_records):
+        assert len(record["facility_location_random"]) == 10 and record["facility_location_seconds"] > 0
+        assert 0 < record["facility_location"] <= record["count"]  # each block covers itself at most once
+        assert plain_record["facility_location"] is None and plain_record["facility_location_seconds"] == 0.0
+    assert records[0]["facility_location_random"] != records[1]["facility_location_random"]  # keyed by epoch
+
+
 def _free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

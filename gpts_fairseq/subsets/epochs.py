@@ -11,7 +11,8 @@ import torch
 from ..option_changes import by_option_name, option_changes
 from ..runtime import broadcast_from_leader, data_parallel_group, data_parallel_rank_and_size, keyed_generator, single_thread
 from .features import block_features
-from .selection import facility_location_orders, random_partitions, sample_from_gains, subset_size
+from .selection import (facility_location_orders, facility_location_report, random_partitions, sample_from_gains,
+                        subset_size)
 from .store import find_subset, new_subset_file, read_subset, save_subset, subset_file, subset_hash
 
 logger = logging.getLogger(__name__)
@@ -27,9 +28,16 @@ IF_CHANGES_ALLOWED = ("the epoch in progress keeps its stored selection; later s
 READ, SELECT, REFUSED = 0, 1, 2  # what the first rank does with an epoch's selection; every rank follows
 
 
+# what --subset-report-facility-location adds to a selection (None without it, and for other kinds);
+# its seconds are counted apart from feature_seconds and greedy_seconds (the selection's cost)
+FACILITY_LOCATION_REPORT = {"facility_location": (float, type(None)), "facility_location_random": (list, type(None)),
+                            "facility_location_greedy": (float, type(None)), "facility_location_seconds": float}
+NO_FACILITY_LOCATION_REPORT = {"facility_location": None, "facility_location_random": None,
+                               "facility_location_greedy": None, "facility_location_seconds": 0.0}
 # the event of one selection (SAVE_DIR/gpts_subsets_events.jsonl): what benchmarks and reports read
 SELECTION_EVENT = {"epoch": int, "kind": str, "selector": str, "fraction": float, "size": int, "count": int,
-                   "feature_seconds": float, "greedy_seconds": float, "hash": str, "file": (str, type(None))}
+                   "feature_seconds": float, "greedy_seconds": float, "hash": str, "file": (str, type(None)),
+                   **FACILITY_LOCATION_REPORT}
 # file: the selection file relative to the save dir (None with --no-save)
 EVENT_SCHEMA = {"selection": SELECTION_EVENT}
 
@@ -46,7 +54,10 @@ class EpochSubsets:
     selects or writes anything, unless ``--gpts-allow-option-change``. Each selection made is
     one ``selection`` record of ``events`` (``update()``: fairseq's update count at the time);
     a selection read back whose record the log lost (a resume drops records after its
-    checkpoint) is recorded again from its file.
+    checkpoint) is recorded again from its file. With ``--subset-report-facility-location N``
+    an ingenious selection also measures itself (``selection.facility_location_report``, N
+    uniform subsets keyed by (seed, epoch)) after it is made: into its record and file, timed
+    apart from its cost, the selection itself unchanged.
     """
 
     def __init__(self, cfg, save_dir: str, pad_idx: int, write: bool = True, events=None, update=lambda: 0):
@@ -154,7 +165,7 @@ class EpochSubsets:
         count = len(dataset)
         total = subset_size(count, self.cfg.subset_fraction)
         info = {"kind": kind, "count": count, "settings": self.settings(), "feature_seconds": 0.0,
-                "greedy_seconds": 0.0, "update": self.update()}
+                "greedy_seconds": 0.0, "update": self.update(), **NO_FACILITY_LOCATION_REPORT}
         if kind == "ingenious":
             start = time.perf_counter()
             group, leader = data_parallel_group() if world_size > 1 else (None, 0)
@@ -173,6 +184,13 @@ class EpochSubsets:
                 indices = sample_from_gains(orders, gains, total, self.cfg.subset_temperature,
                                             keyed_generator(seed, "sample", selection_epoch))
             info["greedy_seconds"] = time.perf_counter() - start
+            if self.cfg.subset_report_facility_location:
+                start = time.perf_counter()
+                with single_thread():
+                    info.update(facility_location_report(
+                        features, partitions, indices, random_count=int(self.cfg.subset_report_facility_location),
+                        generator=keyed_generator(seed, "facility-location-random", selection_epoch)))
+                info["facility_location_seconds"] = time.perf_counter() - start
         elif rank == 0:
             key = ("fixed",) if kind == "random-fixed" else ("uniform", selection_epoch)
             indices = torch.randperm(count, generator=keyed_generator(seed, *key))[:total].sort().values
@@ -194,7 +212,8 @@ class EpochSubsets:
             "event": "selection", "update": int(info["update"]), "epoch": selection_epoch, "kind": info["kind"],
             "selector": str(self.cfg.subset_selector), "fraction": float(self.cfg.subset_fraction),
             "size": len(indices), "count": int(info["count"]), "feature_seconds": float(info["feature_seconds"]),
-            "greedy_seconds": float(info["greedy_seconds"]), "hash": subset_hash(indices), "file": file})
+            "greedy_seconds": float(info["greedy_seconds"]), "hash": subset_hash(indices), "file": file,
+            **{key: info.get(key, default) for key, default in NO_FACILITY_LOCATION_REPORT.items()}})
 
     def _record_again(self, stored: dict, file: str):
         """The record of a stored selection, written again if the event log lacks it."""

@@ -49,6 +49,12 @@ class SubsetConfig(FairseqDataclass):
         default=1.0,
         metadata={"help": "ingenious: temperature T of the Taylor-softmax 1 + g/T + (g/T)^2/2 over the greedy "
                           "gains g, > 0"})
+    subset_report_facility_location: int = field(
+        default=0,
+        metadata={"help": "ingenious: N > 0 adds to every selection event the facility-location value of the "
+                          "chosen subset, of N uniform random subsets with its size in every partition, and of "
+                          "the exact greedy's subset of those sizes, timed apart from the selection "
+                          "(facility_location_seconds); 0 = off"})
 
     train_subset: str = II("dataset.train_subset")
     no_save: bool = II("checkpoint.no_save")
@@ -64,9 +70,13 @@ def validate_subset_config(cfg) -> None:
         raise ValueError(f"--subset-fraction must be in (0, 1], got {cfg.subset_fraction}")
     for option, value, low in (("--subset-warmup-epochs", cfg.subset_warmup_epochs, 0),
                                ("--subset-resample-epochs", cfg.subset_resample_epochs, 1),
-                               ("--subset-partition-size", cfg.subset_partition_size, 2)):
+                               ("--subset-partition-size", cfg.subset_partition_size, 2),
+                               ("--subset-report-facility-location", cfg.subset_report_facility_location, 0)):
         if int(value) != value or value < low:
             raise ValueError(f"{option} must be an integer >= {low}, got {value}")
+    if cfg.subset_report_facility_location and cfg.subset_selector != "ingenious":
+        raise ValueError(f"--subset-report-facility-location measures ingenious selections: it needs "
+                         f"--subset-selector ingenious, got {cfg.subset_selector}")
     layer = cfg.subset_feature_layer
     if int(layer) != layer or layer < MIDDLE_LAYER:
         raise ValueError(f"--subset-feature-layer must be -1 (the middle layer) or a layer index >= 0, got {layer}")
