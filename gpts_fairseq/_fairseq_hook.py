@@ -7,6 +7,7 @@ on ``sys.meta_path`` (no torch, no fairseq import): the first time anything impo
 ``GPTS_FAIRSEQ_NO_HOOK=1`` turns it off. A failure is a warning, never a broken interpreter.
 """
 
+import importlib
 import os
 import sys
 import warnings
@@ -27,15 +28,21 @@ class _RegisterAfterFairseq:
 
         def exec_module(module):
             run_fairseq_init(module)
-            _register()
+            _register_or_warn()
 
         spec.loader.exec_module = exec_module
         return spec
 
 
-def _register():
+def register():
+    """Register task gpts_mlm, criterion gpts_masked_lm and the models with fairseq's registries
+    (idempotent). For tools that load a checkpoint of them whatever the hook did."""
+    importlib.import_module("gpts_fairseq.tasks")
+
+
+def _register_or_warn():
     try:
-        import gpts_fairseq.tasks  # noqa: F401  (registers on import)
+        register()
     except Exception as error:  # the user's fairseq must keep working whatever happens here
         warnings.warn(f"gpts-fairseq: could not register task gpts_mlm with fairseq ({error!r}); "
                       "use --user-dir \"$(python -m gpts_fairseq user-dir)\" to see the full error", RuntimeWarning)
@@ -45,6 +52,6 @@ def install():
     if os.environ.get("GPTS_FAIRSEQ_NO_HOOK") == "1":
         return
     if "fairseq" in sys.modules:  # imported before us (unusual): register now
-        _register()
+        _register_or_warn()
     elif not any(isinstance(finder, _RegisterAfterFairseq) for finder in sys.meta_path):
         sys.meta_path.insert(0, _RegisterAfterFairseq())

@@ -44,7 +44,7 @@ def build(*extra, seed=0, task_class=GPTSMaskedLMTask):
 
 def before_update(model, optimizer, update, measure_loss=None):
     """The growth extension's hook, with ``measure_loss`` as the task's reference loss."""
-    context = ExtensionContext(cfg=None, dictionary=Dictionary(), save_dir=None, seed=3, mask=None, reference_psi=None,
+    context = ExtensionContext(cfg=None, dictionary=Dictionary(), save_dir=None, seed=3, mask_for_reference=None,
                                reference_loss=measure_loss, events=lambda name, schema: EventLog(None, name, schema),
                                psi=lambda: None)
     GrowthExtension(None, context).before_update(model, optimizer, update)

@@ -158,8 +158,6 @@ class _Context:
     """The part of ExtensionContext the supernet extension uses (masking: targets at the positions
     ``tokens`` chose, inputs replaced by the mask symbol there)."""
 
-    reference_psi = "reference"
-
     def __init__(self, seed, save_dir=None):
         self.seed, self.save_dir = seed, save_dir
 
@@ -169,8 +167,7 @@ class _Context:
         return EventLog(self.save_dir, name, schema)
 
     @staticmethod
-    def mask(sample, psi, step):
-        assert psi == "reference" and step == 0
+    def mask_for_reference(sample):
         batch, masked = tokens(*sample["net_input"]["src_tokens"].shape)
         source = torch.where(masked, torch.full_like(batch, VOCAB - 1), batch)
         return {**sample, "net_input": {**sample["net_input"], "src_tokens": source},
@@ -231,7 +228,7 @@ def test_validation_reports_largest_and_smallest_losses():
     extension = SuperNetExtension(None, _Context(1))
     criterion = _criterion()
     unmasked = {k: v for k, v in _sample().items() if k != "target"}
-    sample = _Context.mask(unmasked, "reference", 0)
+    sample = _Context.mask_for_reference(unmasked)
     logging_output = {}
     with torch.no_grad():
         extension.after_validation(unmasked, model, criterion, None, None, logging_output)

@@ -65,8 +65,8 @@ class Batching:
 class ExtensionContext:
     """What the task lends its extensions (so that none imports it).
 
-    ``mask(sample, psi, step)``: the batch masked as the task masks it (step 0 = validation).
-    ``reference_psi``: the fixed validation masking. ``reference_loss(module, criterion=None,
+    ``mask_for_reference(sample)``: the batch masked as validation at the reference masking
+    (``ExtensionDriver.mask_for_reference``). ``reference_loss(module, criterion=None,
     update=None)``: the loss in bits of the fixed reward batches (the first
     ``--gpts-reward-batches`` validation batches) at the reference masking, eval mode, on the
     calling rank alone; ``criterion`` None: the one of the training step in progress; with
@@ -80,8 +80,7 @@ class ExtensionContext:
     dictionary: Any
     save_dir: str | None
     seed: int
-    mask: Callable[[dict, Any, int], dict]
-    reference_psi: Any
+    mask_for_reference: Callable[[dict], dict]
     reference_loss: Callable[[torch.nn.Module, Any], float]
     events: Callable[[str, dict], Any]
     psi: Callable[[], Any]
@@ -89,8 +88,13 @@ class ExtensionContext:
 
 
 class ExtensionDriver:
-    """Marker of a task that runs training extensions (``gpts_mlm``): a model whose training
-    needs an extension (``enabled_for_model``) refuses other tasks."""
+    """A task that runs training extensions (``gpts_mlm``): a model whose training needs an
+    extension (``enabled_for_model``) refuses other tasks."""
+
+    def mask_for_reference(self, sample):
+        """``sample`` (clean tokens) masked as validation at the reference masking: the same
+        masks every call, so losses of different models or sub-nets on it compare."""
+        raise NotImplementedError
 
 
 class TrainingExtension:

@@ -29,7 +29,6 @@ from .space import Space, SubArch
 
 SAMPLE_STREAM = 0x5B7E  # separates this generator's key from other (seed, update)-keyed streams
 DISTILL_KEY = "supernet_distill_groups"  # in a training sample: the number of batch copies
-VALID_STEP = 0  # the task's masking step of validation (ExtensionContext.mask)
 VALIDATION_KEYS = ("supernet_loss_largest", "supernet_loss_smallest", "supernet_sample_size")
 EVENT_SCHEMA = {"sample": {"archs": str, "sampler": str}}
 
@@ -103,7 +102,7 @@ class SuperNetExtension(TrainingExtension):
         """Adds the summed reference-masking losses of the largest and smallest sub-nets
         (``sample`` is the batch as fairseq gave it: masked here at the reference ψ)."""
         supernet = unwrap(model)
-        sample = self.context.mask(sample, self.context.reference_psi, VALID_STEP)
+        sample = self.context.mask_for_reference(sample)
         try:
             for key, arch in zip(VALIDATION_KEYS, (supernet.space.largest, supernet.space.smallest)):
                 supernet.set_archs([arch])

@@ -22,8 +22,9 @@ import torch
 from fairseq import checkpoint_utils, tasks
 from fairseq.models import ARCH_MODEL_REGISTRY
 
+from .._fairseq_hook import register
 from ..compat import allow_fairseq_checkpoints
-from ..tasks.gpts_mlm import VALID_STEP, GPTSMaskedLMTask
+from ..extensions.base import ExtensionDriver
 from .model import ARCH, SuperRobertaModel
 from .space import DIMS, SubArch
 
@@ -34,6 +35,7 @@ FORMATS = ("auto", "roberta", "super")
 def load_checkpoint(path: str, data: str) -> tuple[dict, object, torch.nn.Module]:
     """(checkpoint state, its task on ``data``, its model in eval mode). The model is built by its
     class directly (not ``task.build_model``), so no training extension comes with it."""
+    register()  # gpts_mlm and the models, also where the import hook is off
     allow_fairseq_checkpoints()
     state = checkpoint_utils.load_checkpoint_to_cpu(path, arg_overrides={"data": data})
     cfg = state["cfg"]
@@ -68,8 +70,8 @@ class SubnetLoss:
         try:
             with torch.no_grad():
                 for batch in self.batches:
-                    if isinstance(self.task, GPTSMaskedLMTask):  # clean blocks: masked as its validation masks
-                        batch = self.task.mask_sample(batch, self.task.reference_psi, VALID_STEP)
+                    if isinstance(self.task, ExtensionDriver):  # clean blocks: masked as its validation masks
+                        batch = self.task.mask_for_reference(batch)
                     loss, sample_size, _ = self.criterion(self.model, batch)
                     total, size = total + float(loss), size + int(sample_size)
         finally:

@@ -57,12 +57,11 @@ class GPTSMaskedLMTask(MaskedLMTask, ExtensionDriver):
             mask_multiple_length=cfg.mask_multiple_length, mask_stdev=cfg.mask_stdev)
         self.epoch, self.num_updates, self.criterion = 1, 0, None
         self.resumed, self.trained = False, False
-        self.reward_batches = RewardBatches(
-            self._build_reward_batches, mask=lambda batch: self.mask_sample(batch, self.reference_psi, VALID_STEP))
+        self.reward_batches = RewardBatches(self._build_reward_batches, mask=self.mask_for_reference)
         self.event_logs = {}
         self.context = ExtensionContext(
-            cfg=cfg, dictionary=self.dictionary, save_dir=cfg.save_dir, seed=int(cfg.seed), mask=self.mask_sample,
-            reference_psi=self.reference_psi, reference_loss=self.reference_loss, events=self._event_log,
+            cfg=cfg, dictionary=self.dictionary, save_dir=cfg.save_dir, seed=int(cfg.seed),
+            mask_for_reference=self.mask_for_reference, reference_loss=self.reference_loss, events=self._event_log,
             psi=lambda: self.psi, updates=lambda: self.num_updates)
         self.extensions = [extension(cfg, self.context) for extension in EXTENSIONS if extension.enabled(cfg)]
 
@@ -111,6 +110,9 @@ class GPTSMaskedLMTask(MaskedLMTask, ExtensionDriver):
             net_input["target_tokens"] = target
         return {**sample, "net_input": net_input, "target": target}
 
+    def mask_for_reference(self, sample):
+        return self.mask_sample(sample, self.reference_psi, VALID_STEP)
+
     @property
     def psi(self) -> Psi:
         """The masking in force for training."""
@@ -144,7 +146,7 @@ class GPTSMaskedLMTask(MaskedLMTask, ExtensionDriver):
     def valid_step(self, sample, model, criterion):
         reference = self.cfg.gpts_valid_masking == "reference"
         loss, sample_size, logging_output = super().valid_step(
-            self.mask_sample(sample, self.reference_psi if reference else self.psi, step=VALID_STEP), model, criterion)
+            self.mask_for_reference(sample) if reference else self.mask_sample(sample, self.psi, VALID_STEP), model, criterion)
         if reference:  # a reward at the next update may reuse it
             self.reward_batches.record_validation(sample, loss, sample_size, update=self.num_updates)
         for extension in self.extensions:
