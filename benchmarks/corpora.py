@@ -1,12 +1,9 @@
-"""Split, tokenize and binarize the three benchmark corpora (``<repo>/../shared/data``) for
-fairseq, under a cache directory outside the repo; a corpus with its ``prepared.json`` is reused.
-
-    python benchmarks/corpora.py --corpus wikitext-2 linux war-and-peace
-"""
+"""Split, tokenize and binarize the three benchmark corpora (``<repo>/../shared/data``) and
+users' texts for fairseq, under a cache directory outside the repo (the drivers call
+:func:`prepare` / :func:`prepare_text`); a corpus with its ``prepared.json`` is reused."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -215,22 +212,3 @@ def _build(name: str, splitter: Callable[[], Split], files: Sequence[Path], data
             shutil.rmtree(staging)
     return dest
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", nargs="+", default=list(CORPORA), choices=CORPORA)
-    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
-    parser.add_argument("--sources", type=Path, default=SHARED_DATA)
-    parser.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
-    parser.add_argument("--max-lines", type=int, default=None)
-    parser.add_argument("--tokenizer", choices=TOKENIZERS, default=DEFAULT_TOKENIZER)
-    args = parser.parse_args(argv)
-    for corpus in args.corpus:
-        path = prepare(corpus, args.data_root, args.sources, args.vocab_size, args.max_lines, args.tokenizer)
-        info = json.loads((path / "prepared.json").read_text())
-        print(f"{corpus}: {path} (train {info['train_tokens']} tokens, valid {info['valid_tokens']})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -50,11 +50,6 @@ class Settings:
     depth: str = "stack"
     optimizer: str = "carry"
 
-    def validate(self) -> None:
-        harness.check((self.budget_updates >= self.valid_every >= 1, "--budget-updates must be >= --valid-every "
-                       f">= 1, got {self.budget_updates}, {self.valid_every}"),
-                      (0 < self.small_share < 1, f"--small-share must be in (0, 1), got {self.small_share}"))
-
 
 def vocab_size(data_dir: Path) -> int:
     """fairseq's dictionary of the corpus plus masked_lm's <mask>."""
@@ -197,8 +192,7 @@ def write_summary(results_root: Path) -> dict:
              f"{verdict['corpora_complete']} complete corpora pass; "
              f"{'passed' if verdict['passed'] else 'not passed' if verdict['passed'] is False else 'incomplete'}."]
     results_root = Path(results_root)
-    results_root.mkdir(parents=True, exist_ok=True)
-    (results_root / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    harness.write_json(results_root / "summary.json", summary)
     (results_root / "summary.md").write_text("\n".join(lines) + "\n")
     plot(results_root)
     return summary
@@ -252,15 +246,10 @@ def measure_operators(data_dir: Path, settings: Settings, work_root: Path, resul
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--budget-updates", type=int, default=Settings.budget_updates,
-                        help="FLOPs budget, in updates of the full model")
-    parser.add_argument("--small-share", type=float, default=Settings.small_share)
-    parser.add_argument("--valid-every", type=int, default=Settings.valid_every)
     parser.add_argument("--operators", action="store_true", help="only measure the loss jump of each operator")
     harness.add_suite_arguments(parser, DEFAULT_RESULTS, DEFAULT_WORK, data=True, arms=ARMS)
     args = parser.parse_args(argv)
-    settings = Settings(budget_updates=args.budget_updates, small_share=args.small_share, valid_every=args.valid_every)
-    settings.validate()
+    settings = Settings()
     harness.check((args.jobs >= 1, f"--jobs must be >= 1, got {args.jobs}"))
     if args.operators:
         data_dir = corpora.prepare("linux", args.data_root, max_lines=args.max_lines, tokenizer="char")

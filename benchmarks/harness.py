@@ -1,37 +1,26 @@
 """One experiment harness for every benchmark driver: a run spec in, one result schema out.
 
-A driver describes each run as a :class:`RunSpec` (``model`` and ``fairseq`` options shared by
-every arm, ``arm_args`` this arm's) and calls :func:`run_suite` (or :func:`run` for one run);
-it keeps only its arms, its protocol and its scoring.
+A driver describes each run as a :class:`RunSpec` and calls :func:`run_suite` (or :func:`run`);
+it keeps only its arms, its protocol and its scoring. Guarantees:
 
-What it guarantees:
-
-- **The command line**: :meth:`RunSpec.command` (gpts_mlm, one log file in the save dir), with
-  ``OMP/MKL_NUM_THREADS = threads`` (1: single-threaded runs side by side).
 - **One result schema** (:data:`SCHEMA`), written atomically to
   ``RESULTS/<corpus>/<arm>/seed<seed>.json``: ``schema, corpus, arm, seed, budget_updates,
   fingerprint, arm_args, fairseq_args`` (portable), ``exit_code, stopped_early, wall_time_s,
   loadavg_before/after, val_curve`` ([[update, bits]]), ``train_wall_curve`` ([[update,
-  cumulative train seconds]] at each logged update), ``compute`` (``update_s``: median
-  seconds per update from fairseq's throughput; ``forward_cost_updates``: a validation
-  forward over one batch, in updates; ``updates``; ``train_wall_s``), ``events`` (every
-  ``SAVE/gpts_<name>_events.jsonl`` as ``{name: records}``, read with
-  :func:`gpts_fairseq.events.read_events`) and ``warm_start`` (null or its record). The
-  driver's ``finish(save_dir, result) -> dict`` adds its own fields (derived while the save
-  dir still exists). Only exit code 0 is a finished run (or one ended by the driver's own
-  ``stop``); it must have validated at its last update unless it runs ``--disable-validation``.
-- **Fingerprint**: a hash of the corpus' prepared data, the tokenizer, ``model``, ``fairseq``,
-  the budget and the warm start: the run's settings apart from its arm options, seed and
-  threads (so, where arms share a budget, equal across a comparison). A finished
-  result whose fingerprint, arm options or seed differ from the spec is refused, naming the
-  file. (Results written before this harness carry none and are taken as they are.)
-- **Resumable**: a finished result is never redone; a run killed before its result was
-  written starts again from an empty save dir.
-- **Portable**: no machine path in a result (save, data, work, warm-start and user dirs
-  become ``<save>``, ``<data>``, ``<work>``, ``<warm-start>``, ``<user-dir>``); checked on write.
-- **Progress** (:func:`run_suite`), **one fairseq log reader** (:func:`read_log`), **the plateau
-  check** (:func:`passed_previous_token_entropy`) and **a shared warm start** (:func:`warm_start`:
-  weights only, trained once per fingerprint, given to every arm by ``RunSpec(warm_start=...)``).
+  cumulative train seconds]]), ``compute`` (``update_s``: median seconds per update from
+  fairseq's throughput; ``forward_cost_updates``: a validation forward over one batch, in
+  updates; ``updates``; ``train_wall_s``), ``events`` (every ``SAVE/gpts_<name>_events.jsonl``
+  as ``{name: records}``) and ``warm_start`` (null or its record), plus the driver's
+  ``finish(save_dir, result)`` fields. Only exit code 0 (or the driver's own ``stop``) is a
+  finished run; it must have validated at its last update unless it runs ``--disable-validation``.
+- **Fingerprint** (:meth:`RunSpec.fingerprint`): the settings apart from arm options, seed and
+  threads, so equal across a comparison whose arms share a budget. A finished result whose
+  fingerprint, arm options or seed differ from the spec is refused, naming the file (results
+  written before this harness carry none and are taken as they are).
+- **Resumable**: a finished result is never redone; a run killed before its result was written
+  starts again from an empty save dir. **Portable**: no machine path in a result (checked on write).
+- Also: one fairseq log reader (:func:`read_log`), the plateau check
+  (:func:`passed_previous_token_entropy`) and a shared warm start (:func:`warm_start`).
 """
 
 from __future__ import annotations
@@ -332,10 +321,9 @@ def run_suite(specs: Sequence[RunSpec], results_root: Path, work_root: Path = WO
     keys = [(s.corpus, s.arm, s.seed) for s in specs]
     if len(set(keys)) != len(keys):
         raise ValueError("run_suite: two specs share (corpus, arm, seed)")
-    todo = [i for i, s in enumerate(specs) if not result_path(results_root, *keys[i]).exists()]
-    results: list[dict | None] = [None] * len(specs)
-    for i in sorted(set(range(len(specs))) - set(todo)):
-        results[i] = run(specs[i], results_root, work_root)  # finished earlier: checked, not rerun
+    todo = [i for i, key in enumerate(keys) if not result_path(results_root, *key).exists()]
+    # finished earlier: checked, not rerun
+    results = [None if i in todo else run(spec, results_root, work_root) for i, spec in enumerate(specs)]
     print_fn(f"{len(specs) - len(todo)} of {len(specs)} runs finished earlier; {len(todo)} to run, {jobs} at a time")
     walls: list[float] = []
     with ThreadPoolExecutor(max_workers=jobs) as pool:

@@ -19,6 +19,7 @@ import torch
 
 from benchmarks import harness
 from gpts_fairseq.masking import MaskingSpec, MaskTokensArgs, Psi, ops
+from gpts_fairseq.runtime import single_thread
 
 VOCAB = 50_000
 BOS, PAD, EOS, UNK = 0, 1, 2, 3
@@ -118,13 +119,9 @@ def measure(min_time):
                   "fairseq": seconds_per_call(fairseq_masking(tokens), min_time=min_time, min_calls=3),
                   "copy": seconds_per_call(lambda: (tokens.clone(), tokens.clone()), min_time=min_time)}
         for mode in ("bernoulli", "exact"):
-            threads = torch.get_num_threads()
             op_time = seconds_per_call(op_masking(tokens, mode == "exact"), min_time=min_time)
-            torch.set_num_threads(1)
-            try:
+            with single_thread():
                 op_one_thread = seconds_per_call(op_masking(tokens, mode == "exact"), min_time=min_time)
-            finally:
-                torch.set_num_threads(threads)
             seconds = {**common, "op": op_time, "op_1_thread": op_one_thread}
             rows.append({"batch": f"{batch}x{length}", "mode": mode,
                          "mtokens_per_s": {name: tokens.numel() / s / 1e6 for name, s in seconds.items()}})

@@ -9,9 +9,7 @@ Protocol and pre-registered criterion (``criterion``): docs/experiments/nonstati
 """
 
 import argparse
-import glob
 import json
-import os
 import statistics
 import warnings
 from pathlib import Path
@@ -47,9 +45,8 @@ def replay(results_dir=PRETRAIN_RESULTS) -> dict:
     all of a logged run's rewards, and the rises themselves (reward units)."""
     space = ArmSpace.paper_grid("rho")
     rises = {model: {} for model in REWARD_MODELS}
-    for path in sorted(glob.glob(os.path.join(results_dir, "*", "*", "seed*.json"))):
-        with open(path) as handle:
-            run = json.load(handle)
+    for path in sorted(Path(results_dir).glob("*/*/seed*.json"), key=str):
+        run = json.loads(path.read_text())
         if run["policy"] not in REPLAY_POLICIES or not run["interactions"]:
             continue
         for model in REWARD_MODELS:
@@ -60,7 +57,7 @@ def replay(results_dir=PRETRAIN_RESULTS) -> dict:
                     policy.observe(space.arm(record["psi"]), record["reward"], record["update"] / run["budget_updates"],
                                    start_loss=record["prev_val_loss"])
             _, mean, _ = policy.posterior(1.0)
-            rises[model][os.path.relpath(path, results_dir)] = float(mean[-1] - mean[0])
+            rises[model][str(path.relative_to(results_dir))] = float(mean[-1] - mean[0])
     return {model: {"runs": len(values), "rising": sum(rise > 0 for rise in values.values()), "rise": values}
             for model, values in rises.items()}
 

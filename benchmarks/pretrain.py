@@ -170,9 +170,6 @@ def run_spec(corpus: str, data_dir: Path, policy: Policy, seed: int, settings: S
                      "psi": dict(zip(("mask_prob", "leave_unmasked_prob", "random_token_prob"), policy.psi))})
 
 
-result_path = harness.result_path
-
-
 def suite_fields(settings: dict[str, Settings]):
     """The harness' ``finish`` of a suite run: the gpts-report result (interactions, ψ
     sequence), the settings of its corpus and its compute accounting."""
@@ -429,7 +426,8 @@ def interaction_table(rows: Sequence[dict]) -> str:
 
 
 def _labels(runs) -> list[str]:
-    return sorted({r.info.label for r in runs}, key=_policy_order)
+    """The labels of ``runs`` (sorted as :func:`load_results` sorts them) in their order."""
+    return list(dict.fromkeys(r.info.label for r in runs))
 
 
 def compute_table(per_corpus: dict) -> str:
@@ -541,8 +539,8 @@ def plot_paired_deltas(per_corpus: dict, path: Path) -> Path:
     with harness.panels(len(per_corpus), (5.2, 4.2), path) as (fig, axes, plt):
         cmap = plt.get_cmap("tab10")
         for ax, (corpus, runs) in zip(axes, per_corpus.items()):
-            for label in sorted({r.info.label for r in runs} - {REFERENCE_POLICY}, key=_policy_order):
-                if curve := paired_delta_curve(runs, label):
+            for label in _labels(runs):
+                if label != REFERENCE_POLICY and (curve := paired_delta_curve(runs, label)):
                     gp = label.startswith("gp-ts")
                     ax.plot([u for u, _ in curve], [d for _, d in curve], lw=2.2 if gp else 1.1, ls="-" if gp else "--",
                             color=cmap(_policy_order(label) % 10), label=label)
@@ -609,11 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-batches", type=int, default=12,
                         help="validation batches (the first K, fixed) for both the reward and the reported "
                              "validation loss; 0 = the whole validation split")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--pilot-only", action="store_true", help="run the pilots and measure the interaction length")
-    parser.add_argument("--sources", type=Path, default=corpora.SHARED_DATA)
-    parser.add_argument("--tokenizer", choices=corpora.TOKENIZERS, default="char",
-                        help="corpus tokenization (see benchmarks/corpora.py)")
     harness.add_suite_arguments(parser, DEFAULT_RESULTS, DEFAULT_WORK, data=True)
     return parser
 
@@ -628,17 +622,16 @@ def main(argv: Sequence[str] | None = None) -> int:
           (args.text is None or len(args.text) <= 2,
            f"--text takes one file or a TRAIN VALID pair, got {len(args.text or [])} paths"))
     base = Settings(budget_updates=args.budget_updates or BUDGET_RANGE[0],
-                    interaction_updates=args.interaction_updates or 1, eval_batches=args.eval_batches,
-                    threads=args.threads, tokenizer=args.tokenizer)
+                    interaction_updates=args.interaction_updates or 1, eval_batches=args.eval_batches)
     base.validate()
     shared = args.corpus if args.corpus is not None else ([] if args.text else list(corpora.CORPORA))
     start = time.perf_counter()
     if not args.summary_only:
-        data = {c: corpora.prepare(c, args.data_root, args.sources, max_lines=args.max_lines, tokenizer=args.tokenizer)
+        data = {c: corpora.prepare(c, args.data_root, max_lines=args.max_lines, tokenizer=base.tokenizer)
                 for c in shared}
         if args.text:
             data[args.text_name] = corpora.prepare_text(args.text_name, *args.text, data_root=args.data_root,
-                                                        max_lines=args.max_lines, tokenizer=args.tokenizer)
+                                                        max_lines=args.max_lines, tokenizer=base.tokenizer)
         pilot_base, pilots = replace(base, budget_updates=args.pilot_max_updates), {}
         for corpus, data_dir in data.items():  # one at a time: they set the budgets
             pilots[corpus] = run_pilot(corpus, data_dir, pilot_base, args.work_root, args.results_root)

@@ -165,7 +165,7 @@ def test_text_without_corpus_runs_the_users_text_only(tmp_path, monkeypatch):
 
 
 def _fake_result(root, corpus, policy, seed, curve, budget=None, compute=None):
-    path = pretrain.result_path(root, corpus, policy, seed)
+    path = harness.result_path(root, corpus, policy, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     budget = budget or 10 * len(curve)
     info = {"label": policy, "policy": pretrain.POLICIES[policy].gpts_policy, "seed": seed, "corpus": corpus,

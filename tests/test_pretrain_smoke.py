@@ -37,7 +37,7 @@ def test_pilot_and_every_policy_on_a_user_text(tmp_path, monkeypatch, capsys):
     progress = capsys.readouterr().out
     assert f"[{len(pretrain.POLICIES)}/{len(pretrain.POLICIES)}] mine" in progress and "left" in progress
     for name, policy in pretrain.POLICIES.items():
-        result = json.loads(pretrain.result_path(results, "mine", name, 1).read_text())
+        result = json.loads(harness.result_path(results, "mine", name, 1).read_text())
         assert result["budget_updates"] == 2 and result["corpus"] == "mine" and result["seed"] == 1
         assert [u for u, _ in result["val_curve"]] == [1, 2] and result["final_val_loss"] > 0
         assert "/" not in json.dumps(result["run_info"]["fairseq_args"]).replace("<save>/", "")
