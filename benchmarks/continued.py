@@ -120,62 +120,29 @@ def entropy(direction: str) -> float:
     return harness.corpus_entropy(str(joint_data_dir(DIRECTIONS[direction][1])))
 
 
-# -- scoring: the masking suite's criteria (pretrain.py) over the directions ---------------------
-
-
-def final(result: dict) -> float:
-    return statistics.fmean(x for _, x in result["val_curve"][-pretrain.FINAL_VALIDATIONS:])
-
-
-def _seed_mean_curve(results: Sequence[dict]) -> list[tuple[int, float]]:
-    curves = [dict(r["val_curve"]) for r in results]
-    shared = sorted(set.intersection(*(set(c) for c in curves)))
-    return [(u, statistics.fmean(c[u] for c in curves)) for u in shared]
-
-
 def score(results: Sequence[dict], policy: str, entropies: dict[str, float],
           seeds: Sequence[int] = SEEDS) -> list[Verdict]:
-    """(a), (b), (c) of docs/experiments/continued-pretraining.md for ``policy``
-    (``entropies``: each direction's target entropy, bits)."""
+    """(a), (b), (c) of docs/experiments/continued-pretraining.md for ``policy``: the masking
+    suite's criteria (``pretrain.masking_criteria``) over the directions, (a) on every direction,
+    (c) on the suite's share of the pairs (``entropies``: each direction's target entropy, bits)."""
     failing = past_plateau.below_share_failures([r for r in results if r["arm"] != "pilot"], entropies, PLATEAU_SHARE)
     if failing:
         why = f"below the target's entropy for < {PLATEAU_SHARE:.0%} of the budget: {', '.join(failing)}"
         return [Verdict(n, "NOT SCOREABLE", why) for n in "abc"]
-    by = {(r["corpus"], r["arm"], r["seed"]): r for r in results}
     wanted = len(DIRECTIONS) * len(seeds)
-    passed, notes, gaps, wins, pairs = 0, [], [], 0, 0
-    for direction in DIRECTIONS:
-        mine = [by.get((direction, policy, s)) for s in seeds]
-        ref = [by.get((direction, pretrain.REFERENCE_POLICY, s)) for s in seeds]
-        if all(mine) and all(ref):
-            target = statistics.fmean(final(r) for r in ref)
-            reached = next((u for u, x in _seed_mean_curve(mine) if x <= target), None)
-            budget = ref[0]["budget_updates"]
-            spent = None if reached is None else statistics.fmean(pretrain.charged_compute(
-                r["charged"], POLICIES[policy], reached, SETTINGS.interaction_updates, SETTINGS.eval_batches)
-                for r in mine)
-            passed += spent is not None and spent <= pretrain.COMPUTE_SHARE * budget
-            notes.append(f"{direction}: " + ("target not reached" if spent is None else f"{spent / budget:.2f} of "
-                                             f"constant-0.15's compute (update {reached} of {budget})"))
-        fixed = {name: [by.get((direction, name, s)) for s in seeds] for name in pretrain.FIXED_RHO}
-        fixed = {name: rs for name, rs in fixed.items() if all(rs)}
-        best = min(fixed, key=lambda name: statistics.fmean(final(r) for r in fixed[name])) if fixed else None
-        for s in seeds:
-            r = by.get((direction, policy, s))
-            if r and best:
-                gaps.append(final(r) - final(by[(direction, best, s)]))
-            if r and (direction, "random", s) in by:
-                pairs += 1
-                wins += final(r) < final(by[(direction, "random", s)])
-    complete_a = len(notes) == len(DIRECTIONS)
-    a = Verdict("a", ("PASS" if passed == len(DIRECTIONS) else "FAIL") if complete_a else "incomplete",
-                f"≤ {pretrain.COMPUTE_SHARE:.0%} of the compute on {passed} of {len(notes)} complete directions "
-                f"(need {len(DIRECTIONS)}) — " + "; ".join(notes))
-    b = past_plateau.bound_verdict("b", gaps, pretrain.BOUND_LEVEL, pretrain.BOUND_BITS, wanted, strict=False,
-                                   what="gap to the best fixed rho, bits")
     need = math.ceil(RANDOM_SHARE * wanted - 1e-9)
-    c = Verdict("c", "incomplete" if pairs < wanted else ("PASS" if wins >= need else "FAIL"),
-                f"lower final loss than random on {wins} of {pairs} same-seed pairs (need ≥ {need} of {wanted})")
+
+    def charged(result: dict, update: int) -> float:
+        return pretrain.charged_compute(result["charged"], POLICIES[policy], update, SETTINGS.interaction_updates,
+                                        SETTINGS.eval_batches)
+
+    m = pretrain.masking_criteria({(r["corpus"], r["arm"], r["seed"]): r for r in results}, list(DIRECTIONS), seeds,
+                                  policy, charged, len(DIRECTIONS), need)
+    a = Verdict("a", m.a, f"≤ {pretrain.COMPUTE_SHARE:.0%} of the compute on {m.a_passed} of {len(m.a_notes)} complete "
+                f"directions (need {len(DIRECTIONS)}) — " + "; ".join(m.a_notes.values()))
+    b = past_plateau.bound_verdict("b", m.gaps, pretrain.BOUND_LEVEL, pretrain.BOUND_BITS, wanted, strict=False,
+                                   what="gap to the best fixed rho, bits")
+    c = Verdict("c", m.c, f"lower final loss than random on {m.wins} of {m.pairs} same-seed pairs (need ≥ {need} of {wanted})")
     return [a, b, c]
 
 
@@ -193,7 +160,7 @@ def write_summary() -> Path:
         for name in POLICIES:
             mine = [r for r in results if r["corpus"] == direction and r["arm"] == name]
             if mine:
-                finals = [final(r) for r in mine]
+                finals = [pretrain.final(r) for r in mine]
                 spread = f" ± {statistics.stdev(finals):.4f}" if len(finals) > 1 else ""
                 lines.append(f"| {direction} | {name} | {len(mine)} | {statistics.fmean(finals):.4f}{spread} | "
                              f"{statistics.fmean(r['charged']['charged_update_equivalents'] for r in mine):.0f} |")

@@ -31,7 +31,7 @@ from benchmarks import corpora, harness
 from benchmarks.harness import cell, check, md_table, verdict
 from gpts_fairseq.report.cli import write_report
 from gpts_fairseq.report.history import load_run, run_from_result
-from gpts_fairseq.report.summary import final_loss, format_loss, label_table, mean_curve, one_sided_upper_bound, \
+from gpts_fairseq.report.summary import final_loss, format_loss, label_table, one_sided_upper_bound, \
     reference_target
 
 DEFAULT_RESULTS = harness.REPO_ROOT / "benchmarks" / "results" / "pretrain-prereg"
@@ -329,63 +329,98 @@ def _by_seed(runs, label):
     return {r.info.seed: r for r in runs if r.info.label == label and _final(r) is not None}
 
 
-def best_fixed_rho(runs) -> str | None:
-    """The constant policy with the lowest seed-mean final loss (criterion (b)'s yardstick)."""
-    fixed = {label: members for label in FIXED_RHO if (members := _by_seed(runs, label))}
-    return min(fixed, key=lambda label: statistics.fmean(map(_final, fixed[label].values()))) if fixed else None
+def final(result: dict) -> float:
+    """A result's final loss: the mean of its last FINAL_VALIDATIONS validations."""
+    return statistics.fmean(x for _, x in result["val_curve"][-FINAL_VALIDATIONS:])
 
 
-def _pairs(per_corpus: dict, corpora_names, seeds, policy: str, other) -> list[float]:
-    """Same-seed final-loss differences ``policy`` - ``other(runs)`` over the corpora."""
-    diffs = []
-    for corpus in corpora_names:
-        runs = per_corpus.get(corpus, [])
-        if (label := other(runs)) is not None:
-            mine, theirs = _by_seed(runs, policy), _by_seed(runs, label)
-            diffs += [_final(mine[s]) - _final(theirs[s]) for s in seeds if s in mine and s in theirs]
-    return diffs
+def best_fixed_rho(by: dict, group: str) -> str | None:
+    """The constant policy of ``group`` with the lowest seed-mean final loss (criterion (b)'s
+    yardstick; ``by``: result dicts keyed (group, arm, seed))."""
+    finals = {label: [final(r) for (g, arm, _), r in by.items() if (g, arm) == (group, label)] for label in FIXED_RHO}
+    return min((label for label in finals if finals[label]), key=lambda label: statistics.fmean(finals[label]),
+               default=None)
+
+
+@dataclass(frozen=True)
+class MaskingCriteria:
+    """Criteria (a)-(c) of the masking suite for one policy: each one's status (PASS, FAIL or
+    incomplete) and the numbers behind it."""
+
+    a: str
+    a_passed: int
+    a_notes: dict[str, str]  # per group with every seed of the policy and constant-0.15: its compute
+    b: str
+    gaps: list[float]  # same-seed final-loss differences to the group's best fixed rho
+    bound: float | None  # their one-sided BOUND_LEVEL upper bound
+    c: str
+    wins: int  # same-seed pairs with a lower final loss than random
+    pairs: int
+
+
+def masking_criteria(by: dict, groups: Sequence[str], seeds: Sequence[int], policy: str, charged,
+                     groups_to_pass: int, wins_to_pass: int) -> MaskingCriteria:
+    """The masking suite's criteria for ``policy`` over ``groups`` (corpora or directions) x
+    ``seeds``; ``by``: result dicts (with ``val_curve``) keyed (group, arm, seed);
+    ``charged(result, update)``: the update-equivalents that run had spent by ``update``.
+    (a) at the first update where the seed-mean curve reaches constant-0.15's seed-mean final
+    loss, the seed-mean charged compute is <= COMPUTE_SHARE of the budget, on >= ``groups_to_pass``
+    groups; (b) the upper bound of the gaps to the best fixed rho is <= BOUND_BITS; (c) lower
+    than random on >= ``wins_to_pass`` pairs. Each is incomplete until all its pairs are in."""
+    notes, passed, gaps, wins, pairs = {}, 0, [], 0, 0
+    for group in groups:
+        mine, ref = ([by.get((group, arm, s)) for s in seeds] for arm in (policy, REFERENCE_POLICY))
+        if all(mine) and all(ref):
+            target = statistics.fmean(final(r) for r in ref)
+            curves = [dict(r["val_curve"]) for r in mine]
+            shared = sorted(set.intersection(*map(set, curves)))
+            reached = next((u for u in shared if statistics.fmean(c[u] for c in curves) <= target), None)
+            budget = ref[0]["budget_updates"]
+            spent = None if reached is None else statistics.fmean(charged(r, reached) for r in mine)
+            passed += spent is not None and spent <= COMPUTE_SHARE * budget
+            notes[group] = f"{group}: " + (f"target {target:.3f} not reached" if spent is None else
+                                           f"{spent / budget:.2f} of constant-0.15's compute (update {reached} of {budget})")
+        best = best_fixed_rho(by, group)
+        for seed in seeds:
+            if (r := by.get((group, policy, seed))) is not None:
+                if (other := by.get((group, best, seed))) is not None:
+                    gaps.append(final(r) - final(other))
+                if (other := by.get((group, "random", seed))) is not None:
+                    pairs, wins = pairs + 1, wins + (final(r) < final(other))
+    wanted = len(groups) * len(seeds)
+    bound = one_sided_upper_bound(gaps, BOUND_LEVEL) if len(gaps) >= 2 else None
+    return MaskingCriteria(verdict(len(notes) == len(groups), passed >= groups_to_pass), passed, notes,
+                           verdict(len(gaps) >= wanted, bound is not None and bound <= BOUND_BITS), gaps, bound,
+                           verdict(pairs >= wanted, wins >= wins_to_pass), wins, pairs)
+
+
+def keyed_results(per_corpus: dict) -> dict:
+    """The result dicts of ``per_corpus``' runs (with validations) keyed (corpus, policy, seed)."""
+    return {(corpus, r.info.label, r.info.seed): r.result for corpus, runs in per_corpus.items() for r in runs
+            if r.val_curve}
 
 
 def score(per_corpus: dict, corpora_names: Sequence[str], seeds: Sequence[int] = SUITE_SEEDS,
           policy: str = SCORED_POLICY) -> list[Criterion]:
-    """The three pre-registered criteria for ``policy`` over ``corpora_names`` x ``seeds``."""
+    """The three pre-registered criteria (:func:`masking_criteria`) for ``policy`` over
+    ``corpora_names`` x ``seeds``: (a) on >= CORPORA_TO_PASS corpora, (c) >= PAIRS_TO_BEAT_RANDOM wins."""
     wanted = len(corpora_names) * len(seeds)
-    verdicts, notes = [], []  # (a) compute to constant-0.15's final loss, per complete corpus
-    for corpus in corpora_names:
-        runs = per_corpus.get(corpus, [])
-        mine, ref = _by_seed(runs, policy), _by_seed(runs, REFERENCE_POLICY)
-        if not all(s in mine and s in ref for s in seeds):
-            notes.append(f"{corpus}: incomplete")
-            continue
-        target = statistics.fmean(_final(ref[s]) for s in seeds)
-        budget = ref[seeds[0]].info.budget_updates
-        reached = next((u for u, loss in mean_curve([mine[s] for s in seeds]) if loss <= target), None)
-        if reached is None:
-            verdicts.append(False)
-            notes.append(f"{corpus}: target {target:.3f} not reached")
-            continue
-        spent = statistics.fmean(
-            charged_compute(mine[s].result.get("compute"), POLICIES[policy], reached,
-                            int(mine[s].result["settings"]["interaction_updates"]),
-                            int(mine[s].result["settings"]["eval_batches"])) for s in seeds)
-        verdicts.append(spent <= COMPUTE_SHARE * budget)
-        notes.append(f"{corpus}: {spent / budget:.2f} of constant-0.15's compute (update {reached} of {budget})")
-    passed = sum(verdicts)
-    a = Criterion("a", verdict(len(verdicts) == len(corpora_names), passed >= CORPORA_TO_PASS),
-                  f"≤ {COMPUTE_SHARE:.0%} of the compute on ≥ {CORPORA_TO_PASS} of {len(corpora_names)} corpora; "
-                  f"{passed} of {len(verdicts)} complete corpora pass — " + "; ".join(notes))
-    diffs = _pairs(per_corpus, corpora_names, seeds, policy, best_fixed_rho)  # (b) gap to the best fixed rho
-    bound = one_sided_upper_bound(diffs, BOUND_LEVEL) if len(diffs) >= 2 else None
-    numbers = (f"mean gap {statistics.fmean(diffs):+.4f} bits, {BOUND_LEVEL:.0%} upper bound {bound:+.4f} "
-               f"(limit +{BOUND_BITS}) over {len(diffs)} pairs") if bound is not None else f"{len(diffs)} pairs"
-    b = Criterion("b", verdict(len(diffs) >= wanted, bound is not None and bound <= BOUND_BITS), numbers
-                  + (f" (incomplete: {len(diffs)} of {wanted} pairs)" if len(diffs) < wanted else ""))
-    against_random = _pairs(per_corpus, corpora_names, seeds, policy, lambda runs: "random")  # (c)
-    wins, total = sum(d < 0 for d in against_random), len(against_random)
-    c = Criterion("c", verdict(total >= wanted, wins >= PAIRS_TO_BEAT_RANDOM),
-                  f"lower final loss than random on {wins} of {total} same-seed pairs "
+
+    def charged(result: dict, update: int) -> float:
+        return charged_compute(result.get("compute"), POLICIES[policy], update,
+                               int(result["settings"]["interaction_updates"]), int(result["settings"]["eval_batches"]))
+
+    m = masking_criteria(keyed_results(per_corpus), corpora_names, seeds, policy, charged, CORPORA_TO_PASS,
+                         PAIRS_TO_BEAT_RANDOM)
+    a = Criterion("a", m.a, f"≤ {COMPUTE_SHARE:.0%} of the compute on ≥ {CORPORA_TO_PASS} of {len(corpora_names)} "
+                  f"corpora; {m.a_passed} of {len(m.a_notes)} complete corpora pass — "
+                  + "; ".join(m.a_notes.get(c, f"{c}: incomplete") for c in corpora_names))
+    numbers = (f"mean gap {statistics.fmean(m.gaps):+.4f} bits, {BOUND_LEVEL:.0%} upper bound {m.bound:+.4f} "
+               f"(limit +{BOUND_BITS}) over {len(m.gaps)} pairs") if m.bound is not None else f"{len(m.gaps)} pairs"
+    b = Criterion("b", m.b, numbers + (f" (incomplete: {len(m.gaps)} of {wanted} pairs)" if len(m.gaps) < wanted else ""))
+    c = Criterion("c", m.c, f"lower final loss than random on {m.wins} of {m.pairs} same-seed pairs "
                   f"(need ≥ {PAIRS_TO_BEAT_RANDOM} of {wanted})"
-                  + (f" (incomplete: {total} of {wanted} pairs)" if total < wanted else ""))
+                  + (f" (incomplete: {m.pairs} of {wanted} pairs)" if m.pairs < wanted else ""))
     return [a, b, c]
 
 
@@ -469,7 +504,7 @@ def block_table(per_corpus: dict, policy: str = SCORED_POLICY) -> str:
     labels, rows = list(POLICIES), []
     for corpus, runs in per_corpus.items():
         by_label = {label: _by_seed(runs, label) for label in labels}
-        best = best_fixed_rho(runs)
+        best = best_fixed_rho(keyed_results({corpus: runs}), corpus)
         for seed in sorted({s for members in by_label.values() for s in members}):
             finals = {label: _final(by_label[label][seed]) for label in labels if seed in by_label[label]}
             gaps = [f"{finals[policy] - finals[other]:+.3f}" if policy in finals and other in finals else "–"

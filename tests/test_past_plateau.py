@@ -89,4 +89,4 @@ def test_continued_criteria():
     assert (b.status, c.status) == ("FAIL", "FAIL")
     # the 3-arm variant ends 0.1 bits above constant-0.15: target never reached
     a, _, _ = continued.score(_continued(0.0, True), "gp-ts-trend-3arm", entropies)
-    assert a.status == "FAIL" and "target not reached" in a.detail
+    assert a.status == "FAIL" and "target 3.140 not reached" in a.detail
