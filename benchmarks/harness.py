@@ -426,7 +426,9 @@ def warm_start(spec: RunSpec, margin_bits: float, store_root: Path, work_root: P
     train; ``fairseq`` must validate at an interval): trained until a validation is
     ``margin_bits`` below the previous-token entropy of the corpus (``entropy_bits``, default
     its training text's), then its weights stored under ``store_root/<corpus>/<fingerprint>/``
-    with ``warm_start.json``. Reused whenever that record exists."""
+    with ``warm_start.json``. Reused whenever that record exists. It trains in
+    ``work_root/warm-start/<corpus>/<fingerprint>``, so warm starts of other settings (data,
+    tokenizer, dictionary) can train side by side."""
     if margin_bits < 0:
         raise ValueError(f"margin_bits must be >= 0, got {margin_bits}")
     entropy = corpus_entropy(str(spec.data_dir)) if entropy_bits is None else float(entropy_bits)
@@ -438,7 +440,7 @@ def warm_start(spec: RunSpec, margin_bits: float, store_root: Path, work_root: P
         return WarmStart(checkpoint=home / "checkpoint.pt", **json.loads(record.read_text())["warm_start"])
     threshold = entropy - margin_bits
     trainer = replace(spec, keep_checkpoints=True, fairseq=(*spec.fairseq, *_checkpoint_every(spec.fairseq)))
-    save_dir = save_dir_of(Path(work_root) / "warm-start", trainer)
+    save_dir = Path(work_root) / "warm-start" / spec.corpus / fingerprint
     shutil.rmtree(save_dir, ignore_errors=True)
     save_dir.mkdir(parents=True)
 

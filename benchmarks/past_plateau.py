@@ -59,12 +59,9 @@ def warm_start_spec(corpus: str, data_dir: Path) -> harness.RunSpec:
 
 def warm_start(corpus: str, data_dir: Path, runs_root: Path = RUNS_ROOT) -> harness.WarmStart:
     """The stored warm start of ``corpus`` (trained now if there is none): its first validation
-    ``WARM_MARGIN_BITS`` below the corpus' previous-token entropy. It trains under a work dir of
-    its own data dir, so warm starts of one corpus on other data (tokenizer, dictionary) can
-    train side by side."""
+    ``WARM_MARGIN_BITS`` below the corpus' previous-token entropy."""
     return harness.warm_start(warm_start_spec(corpus, data_dir), WARM_MARGIN_BITS,
-                              store_root=Path(runs_root) / "warm-starts",
-                              work_root=Path(runs_root) / "work" / Path(data_dir).name)
+                              store_root=Path(runs_root) / "warm-starts", work_root=Path(runs_root) / "work")
 
 
 @dataclass(frozen=True)

@@ -151,8 +151,8 @@ def test_share_of_the_budget_below_the_previous_token_entropy(tmp_path):
 
 
 def test_warm_start_is_trained_once_below_the_margin_and_stores_weights_only(tmp_path, monkeypatch):
-    fake = FakeFairseq(losses=(6.0, 4.0, 3.2, 2.5, 2.0))
-    monkeypatch.setattr(harness, "_train", fake)
+    fake, trained_in = FakeFairseq(losses=(6.0, 4.0, 3.2, 2.5, 2.0)), []
+    monkeypatch.setattr(harness, "_train", lambda spec, save_dir, stop: trained_in.append(save_dir) or fake(spec, save_dir, stop))
     spec = _spec(tmp_path, arm="warm", budget=10)
     made = harness.warm_start(spec, margin_bits=0.5, store_root=tmp_path / "store", work_root=tmp_path / "work",
                               entropy_bits=3.5)
@@ -163,11 +163,13 @@ def test_warm_start_is_trained_once_below_the_margin_and_stores_weights_only(tmp
     assert "data" not in stored["extra_state"]
     record = json.loads((made.checkpoint.parent / "warm_start.json").read_text())
     assert record["warm_start"]["fingerprint"] == made.fingerprint and str(tmp_path) not in json.dumps(record)
-    assert not harness.save_dir_of(tmp_path / "work" / "warm-start", spec).exists()
+    assert trained_in == [tmp_path / "work" / "warm-start" / spec.corpus / made.fingerprint]  # keyed: other
+    assert not trained_in[0].exists()  # settings train side by side; the save dir is removed once stored
     again = harness.warm_start(spec, 0.5, tmp_path / "store", tmp_path / "work", entropy_bits=3.5)
     assert again == made and fake.calls == [("warm", 1)]  # reused, not retrained
     other = harness.warm_start(spec, 1.2, tmp_path / "store", tmp_path / "work", entropy_bits=3.5)
     assert other.fingerprint != made.fingerprint and (other.update, other.loss) == (10, 2.0) and len(fake.calls) == 2
+    assert trained_in[-1].name == other.fingerprint
     with pytest.raises(harness.RunFailed, match="no saved validation below"):
         harness.warm_start(spec, 3.0, tmp_path / "store", tmp_path / "work", entropy_bits=3.5)
 
