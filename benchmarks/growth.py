@@ -29,7 +29,6 @@ from gpts_fairseq.growth.stages import parse_stages
 DEFAULT_RESULTS = harness.REPO_ROOT / "benchmarks" / "results" / "growth"
 DEFAULT_WORK = harness.WORK_ROOT / "growth"
 TARGET = dict(layers=4, embed_dim=128, ffn=512, heads=4, tokens=128)
-MASK_PROB = 0.15
 # the small stage of each arm (None: the full model from the start)
 ARMS = {"fixed": None, "compound": "layers=2,ffn=128,tokens=64", "depth": "layers=2", "width": "ffn=128"}
 GROWTH_EVENT = "growth"  # gpts_fairseq.growth's event of one growth
@@ -49,6 +48,7 @@ class Settings:
     width_noise: float = 0.01
     depth: str = "stack"
     optimizer: str = "carry"
+    mask_prob: float = 0.15  # the masked share of the tokens (--mask-prob), also in the FLOPs count
 
 
 def vocab_size(data_dir: Path) -> int:
@@ -67,7 +67,7 @@ def plan(arm: str, settings: Settings, vocab: int) -> dict:
 
     def cost(stage):
         return update_flops(stage, embed_dim=TARGET["embed_dim"], vocab=vocab, sequences=settings.batch_size,
-                            sample_tokens=TARGET["tokens"], mask_prob=MASK_PROB)
+                            sample_tokens=TARGET["tokens"], mask_prob=settings.mask_prob)
 
     budget = settings.budget_updates * cost(full)
     if ARMS[arm] is None:
@@ -98,7 +98,7 @@ def run_spec(corpus: str, data_dir: Path, arm: str, seed: int, settings: Setting
              "--grow-width-noise", str(settings.width_noise), "--grow-optimizer", settings.optimizer,
              "--grow-rewarm-updates", str(settings.rewarm_updates), "--dropout", "0", "--attention-dropout", "0",
              *pretrain.training_args(TARGET["tokens"], settings.batch_size, settings.lr, updates),
-             "--mask-prob", str(MASK_PROB))
+             "--mask-prob", str(settings.mask_prob))
     validation = ("--gpts-reward-batches", str(settings.eval_batches), "--max-valid-steps", str(settings.eval_batches - 1),
                   "--validate-interval-updates", str(settings.valid_every), "--validate-interval", "1000000",
                   "--log-interval", str(settings.valid_every))

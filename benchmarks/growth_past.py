@@ -36,7 +36,6 @@ PLATEAU_SHARE = 0.5
 TARGET_SHARES = (0.5, 0.75, 1.0)
 RATIO_LIMIT = 0.8
 LEVEL = 0.95
-MASKING = ("--mask-prob", str(MASK_RHO))  # after the growth benchmark's model options: this rho wins
 
 
 def data_dir(corpus: str) -> Path:
@@ -44,13 +43,13 @@ def data_dir(corpus: str) -> Path:
 
 
 def settings(budget: int) -> growth.Settings:
-    return growth.Settings(budget_updates=budget, valid_every=VALIDATE_UPDATES)
+    return growth.Settings(budget_updates=budget, valid_every=VALIDATE_UPDATES, mask_prob=MASK_RHO)
 
 
 def run_spec(corpus: str, arm: str, seed: int, budget: int, name: str | None = None) -> harness.RunSpec:
     data = data_dir(corpus)
     schedule = growth.plan(arm, settings(budget), growth.vocab_size(data))
-    made = growth.run_spec(corpus, data, arm, seed, settings(budget), schedule, extra=MASKING)
+    made = growth.run_spec(corpus, data, arm, seed, settings(budget), schedule)
     return made if name is None else replace(made, arm=name)
 
 

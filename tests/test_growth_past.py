@@ -45,3 +45,17 @@ def test_growth_targets_and_criteria():
     assert g1.status == "FAIL"
     g1, g2 = growth_past.score(_growth(0.5, stall=True), entropy)
     assert (g1.status, g2.status) == ("FAIL", "FAIL")
+
+
+def test_growth_runs_mask_030_through_the_growth_settings(tmp_path, monkeypatch):
+    """One --mask-prob, the growth driver's setting, and the FLOPs plan counts the same share;
+    the growth benchmark's own default stays 0.15."""
+    from benchmarks import growth
+
+    monkeypatch.setattr(growth_past, "data_dir", lambda corpus: tmp_path)
+    monkeypatch.setattr(growth, "vocab_size", lambda data: 105)
+    command = growth_past.run_spec("linux", "compound", 1, 5000).command(tmp_path / "save")
+    assert command.count("--mask-prob") == 1 and command[command.index("--mask-prob") + 1] == "0.3"
+    assert growth.Settings().mask_prob == 0.15
+    rho_15, rho_30 = (growth.plan("fixed", growth.Settings(mask_prob=rho), 105)["flops_per_update"][0] for rho in (0.15, 0.3))
+    assert rho_30 > rho_15 and growth.plan("fixed", growth_past.settings(5000), 105)["flops_per_update"][0] == rho_30
