@@ -31,7 +31,7 @@ from benchmarks import corpora, harness
 from benchmarks.harness import cell, check, md_table, verdict
 from gpts_fairseq.report.cli import write_report
 from gpts_fairseq.report.history import load_run, run_from_result
-from gpts_fairseq.report.summary import final_loss, format_loss, label_table, one_sided_upper_bound, \
+from gpts_fairseq.report.summary import format_loss, label_table, one_sided_upper_bound, \
     reference_target
 
 DEFAULT_RESULTS = harness.REPO_ROOT / "benchmarks" / "results" / "pretrain-prereg"
@@ -321,12 +321,13 @@ class Criterion:
         return f"({self.name}) {self.status}: {self.detail}"
 
 
-def _final(run) -> float | None:
-    return final_loss(run, FINAL_VALIDATIONS)
-
-
-def _by_seed(runs, label):
-    return {r.info.seed: r for r in runs if r.info.label == label and _final(r) is not None}
+def _finals(runs) -> dict[str, dict[int, float]]:
+    """{label: {seed: final loss}} of the runs that validated, in their order."""
+    finals: dict[str, dict[int, float]] = {}
+    for r in runs:
+        if r.val_curve:
+            finals.setdefault(r.info.label, {})[r.info.seed] = final(r.result)
+    return finals
 
 
 def final(result: dict) -> float:
@@ -485,15 +486,13 @@ def final_table(per_corpus: dict) -> str:
     seeds) and its same-seed difference to constant-0.15 (mean; seeds lower)."""
     rows = []
     for corpus, runs in per_corpus.items():
-        ref = _by_seed(runs, REFERENCE_POLICY)
-        for label in _labels(runs):
-            mine = _by_seed(runs, label)
-            finals = [_final(r) for r in mine.values()]
-            diffs = [_final(r) - _final(ref[s]) for s, r in mine.items() if s in ref]
+        finals = _finals(runs)
+        for label, mine in finals.items():
+            diffs = [x - finals[REFERENCE_POLICY][s] for s, x in mine.items() if s in finals.get(REFERENCE_POLICY, {})]
             delta = "–" if label == REFERENCE_POLICY or not diffs else \
                 f"{statistics.fmean(diffs):+.4f} ({sum(d < 0 for d in diffs)}/{len(diffs)})"
-            std = statistics.stdev(finals) if len(finals) > 1 else None
-            rows.append([corpus, label, len(finals), format_loss(statistics.fmean(finals), std), delta])
+            std = statistics.stdev(mine.values()) if len(mine) > 1 else None
+            rows.append([corpus, label, len(mine), format_loss(statistics.fmean(mine.values()), std), delta])
     return md_table(["corpus", "policy", "runs", "final loss (last 3 validations)",
                      "Δ vs constant-0.15, same seed (seeds lower)"], "llrrr", rows)
 
@@ -503,10 +502,9 @@ def block_table(per_corpus: dict, policy: str = SCORED_POLICY) -> str:
     best fixed ρ of the corpus and to random in that block — the pairs criteria (b), (c) score."""
     labels, rows = list(POLICIES), []
     for corpus, runs in per_corpus.items():
-        by_label = {label: _by_seed(runs, label) for label in labels}
-        best = best_fixed_rho(keyed_results({corpus: runs}), corpus)
-        for seed in sorted({s for members in by_label.values() for s in members}):
-            finals = {label: _final(by_label[label][seed]) for label in labels if seed in by_label[label]}
+        by_label, best = _finals(runs), best_fixed_rho(keyed_results({corpus: runs}), corpus)
+        for seed in sorted({s for label in labels for s in by_label.get(label, {})}):
+            finals = {label: by_label[label][seed] for label in labels if seed in by_label.get(label, {})}
             gaps = [f"{finals[policy] - finals[other]:+.3f}" if policy in finals and other in finals else "–"
                     for other in (best, "random")]
             rows.append([corpus, seed, *(cell(finals.get(label), ".3f") for label in labels), *gaps])
