@@ -3,8 +3,8 @@
 Protocol and pass criterion: docs/experiments/growth.md; the pre-registered text, verbatim, is
 this module's docstring at commit 392b41a (``git show 392b41a:benchmarks/growth.py``). Every arm
 of ``ARMS`` trains ``TARGET`` under the same FLOPs budget (``plan``); the metric is the FLOPs and
-training wall time to the fixed arm's final loss (``to_target``). ``--operators`` measures each
-growth operator's loss jump under post-LN and pre-LN (``operators.json``).
+training wall time to the fixed arm's final loss (``to_target``). The loss jump of each growth
+operator (``operators.json``) was measured by ``measure_operators`` of commit ed6db7b, retired since.
 Results: ``benchmarks/results/growth/<corpus>/<arm>/seed<k>.json``, ``summary.{json,md}`` and
 ``growth.png``.
 
@@ -90,9 +90,8 @@ def flops_at(schedule: dict, update: int) -> float:
     return total
 
 
-def run_spec(corpus: str, data_dir: Path, arm: str, seed: int, settings: Settings, schedule: dict,
-             extra: Sequence[str] = ()) -> harness.RunSpec:
-    """One run, for the harness: the target model, its growth schedule and ``extra`` options."""
+def run_spec(corpus: str, data_dir: Path, arm: str, seed: int, settings: Settings, schedule: dict) -> harness.RunSpec:
+    """One run, for the harness: the target model and its growth schedule."""
     updates = schedule["updates"]
     model = ("--arch", "gpts_roberta_grow_tiny", "--grow-depth", settings.depth,
              "--grow-width-noise", str(settings.width_noise), "--grow-optimizer", settings.optimizer,
@@ -103,7 +102,7 @@ def run_spec(corpus: str, data_dir: Path, arm: str, seed: int, settings: Setting
                   "--validate-interval-updates", str(settings.valid_every), "--validate-interval", "1000000",
                   "--log-interval", str(settings.valid_every))
     return harness.RunSpec(corpus=corpus, data_dir=data_dir, arm=arm, seed=seed, budget_updates=updates, model=model,
-                           fairseq=validation, arm_args=("--grow-stages", schedule["stages"], *extra))
+                           fairseq=validation, arm_args=("--grow-stages", schedule["stages"]))
 
 
 def growths(result: dict) -> list[dict]:
@@ -218,43 +217,12 @@ def plot(results_root: Path) -> None:
         fig.tight_layout()
 
 
-OPERATOR_CASES = {  # name -> (small stage, growth options)
-    "stack": ("layers=2", ["--grow-depth", "stack"]),
-    "zero": ("layers=2", ["--grow-depth", "zero"]),
-    "tile, noise 0": ("ffn=128", ["--grow-width-noise", "0"]),
-    "tile, noise 0.01": ("ffn=128", ["--grow-width-noise", "0.01"]),
-}
-NORMS = {"post-LN": [], "pre-LN": ["--encoder-normalize-before", "--layernorm-embedding"]}
-
-
-def measure_operators(data_dir: Path, settings: Settings, work_root: Path, results_root: Path) -> Path:
-    """Loss jump of each operator under post-LN and pre-LN: on linux, seed 1, 100 updates in the
-    small stage, then the growth; the reference loss just before and after it."""
-    rows = []
-    for norm, norm_args in NORMS.items():
-        for name, (small, options) in OPERATOR_CASES.items():
-            arm = f"{norm}-{name.replace(' ', '').replace(',', '-')}"
-            schedule = {"stages": f"0:{small};100:layers=4,ffn=512,tokens=128", "updates": 101}
-            spec = run_spec("linux", data_dir, arm, 1, settings, schedule,
-                            extra=("--validate-interval-updates", "100", *options, *norm_args))
-            [growth] = growths(harness.run(spec, work_root, work_root, out=Path(work_root) / "operators" / f"{arm}.json"))
-            rows.append({"norm": norm, "operator": name, **growth, "jump": growth["loss_after"] - growth["loss_before"]})
-            print(f"{norm:8s} {name:18s} {growth['loss_before']:.6f} -> {growth['loss_after']:.6f} "
-                  f"({rows[-1]['jump']:+.6f})", flush=True)
-    return harness.write_json(Path(results_root) / "operators.json", {"settings": asdict(settings), "rows": rows})
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--operators", action="store_true", help="only measure the loss jump of each operator")
     harness.add_suite_arguments(parser, DEFAULT_RESULTS, DEFAULT_WORK, data=True, arms=ARMS)
     args = parser.parse_args(argv)
     settings = Settings()
     harness.check((args.jobs >= 1, f"--jobs must be >= 1, got {args.jobs}"))
-    if args.operators:
-        data_dir = corpora.prepare("linux", args.data_root, max_lines=args.max_lines, tokenizer="char")
-        print(measure_operators(data_dir, settings, args.work_root, args.results_root))
-        return 0
     if not args.summary_only:
         data = {c: corpora.prepare(c, args.data_root, max_lines=args.max_lines, tokenizer="char") for c in args.corpus}
         vocabs = {c: vocab_size(d) for c, d in data.items()}

@@ -125,9 +125,7 @@ class Settings:
         check((self.budget_updates >= 1, f"--budget-updates must be >= 1, got {self.budget_updates}"),
               (1 <= self.interaction_updates <= self.budget_updates, "--interaction-updates must be in "
                f"[1, --budget-updates={self.budget_updates}], got {self.interaction_updates}"),
-              (self.eval_batches >= 0, f"--eval-batches must be >= 0 (0 = all), got {self.eval_batches}"),
-              (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-              (self.threads >= 1, f"--threads must be >= 1, got {self.threads}"))
+              (self.eval_batches >= 0, f"--eval-batches must be >= 0 (0 = all), got {self.eval_batches}"))
 
 
 def model_args(settings: Settings) -> list[str]:
@@ -649,12 +647,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check((args.jobs >= 1, f"--jobs must be >= 1, got {args.jobs}"),
           (all(s >= 1 for s in args.seeds), f"--seeds must be >= 1 (seed {PILOT_SEED} is the pilot's), got {args.seeds}"),
-          (args.budget_updates is None or args.budget_updates >= 1,
-           f"--budget-updates must be >= 1, got {args.budget_updates}"),
           (args.pilot_max_updates >= 1, f"--pilot-max-updates must be >= 1, got {args.pilot_max_updates}"),
           (args.text is None or len(args.text) <= 2,
            f"--text takes one file or a TRAIN VALID pair, got {len(args.text or [])} paths"))
-    base = Settings(budget_updates=args.budget_updates or BUDGET_RANGE[0],
+    base = Settings(budget_updates=BUDGET_RANGE[0] if args.budget_updates is None else args.budget_updates,
                     interaction_updates=args.interaction_updates or 1, eval_batches=args.eval_batches)
     base.validate()
     shared = args.corpus if args.corpus is not None else ([] if args.text else list(corpora.CORPORA))
