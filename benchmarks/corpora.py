@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 DEFAULT_DATA_ROOT = Path(os.environ.get("GPTS_DATA_ROOT", Path.home() / ".cache" / "gpts-fairseq" / "data"))
-DEFAULT_VOCAB_SIZE = 8000
+VOCAB_SIZE = 8000  # fairseq-preprocess --nwordssrc (every char corpus is far smaller)
 DEFAULT_TOKENIZER = "word"
 TOKENIZER_VERSION = 1  # bump when tokenize_line changes, so caches are rebuilt
 
@@ -113,20 +113,20 @@ def tokenize_lines(lines: Sequence[str], scheme: str, max_lines: int | None = No
     return out[:max_lines] if max_lines is not None else out
 
 
-def _fingerprint(name: str, scheme: str, vocab_size: int, max_lines: int | None, files: Sequence[Path]) -> str:
-    key = {"corpus": name, "vocab_size": vocab_size, "max_lines": max_lines, "tokenizer": [scheme, TOKENIZER_VERSION],
+def _fingerprint(name: str, scheme: str, max_lines: int | None, files: Sequence[Path]) -> str:
+    key = {"corpus": name, "vocab_size": VOCAB_SIZE, "max_lines": max_lines, "tokenizer": [scheme, TOKENIZER_VERSION],
            "files": [(p.name, p.stat().st_size) for p in sorted(files)]}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def binarize(train: Sequence[str], valid: Sequence[str], dest: Path, vocab_size: int) -> None:
+def binarize(train: Sequence[str], valid: Sequence[str], dest: Path) -> None:
     """Write tokenized text and run ``fairseq-preprocess --only-source`` into ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "train.tok").write_text("\n".join(train) + "\n", encoding="utf-8")
     (dest / "valid.tok").write_text("\n".join(valid) + "\n", encoding="utf-8")
     result = subprocess.run([fairseq_tool("fairseq-preprocess"), "--only-source", "--trainpref", str(dest / "train.tok"),
                              "--validpref", str(dest / "valid.tok"), "--destdir", str(dest), "--nwordssrc",
-                             str(vocab_size), "--dataset-impl", "mmap", "--workers", "1"], capture_output=True, text=True)
+                             str(VOCAB_SIZE), "--dataset-impl", "mmap", "--workers", "1"], capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"fairseq-preprocess failed for {dest}:\n{result.stderr[-3000:]}")
 
@@ -137,26 +137,23 @@ def fairseq_tool(name: str) -> str:
     return str(local) if local.exists() else name
 
 
-def _check_options(tokenizer: str, vocab_size: int, max_lines: int | None) -> None:
+def _check_options(tokenizer: str, max_lines: int | None) -> None:
     if tokenizer not in TOKENIZERS:
         raise ValueError(f"--tokenizer: unknown scheme {tokenizer!r}; valid: {', '.join(TOKENIZERS)}")
-    if vocab_size < 1:
-        raise ValueError(f"--vocab-size must be >= 1, got {vocab_size}")
     if max_lines is not None and max_lines < 1:
         raise ValueError(f"--max-lines must be >= 1, got {max_lines}")
 
 
-def prepare(corpus: str, data_root: Path = DEFAULT_DATA_ROOT, sources: Path = SHARED_DATA,
-            vocab_size: int = DEFAULT_VOCAB_SIZE, max_lines: int | None = None,
+def prepare(corpus: str, data_root: Path = DEFAULT_DATA_ROOT, max_lines: int | None = None,
             tokenizer: str = DEFAULT_TOKENIZER) -> Path:
     """Binarized data directory for one of the shared ``corpus`` (built once, then reused)."""
     if corpus not in SPLITTERS:
         raise ValueError(f"--corpus: unknown corpus {corpus!r}; valid: {', '.join(CORPORA)}")
-    _check_options(tokenizer, vocab_size, max_lines)
-    if not (sources / corpus).is_dir():
-        raise FileNotFoundError(f"--sources: no {corpus}/ under {sources}")
-    files = [p for p in (sources / corpus).iterdir() if p.is_file()]
-    return _build(corpus, lambda: SPLITTERS[corpus](sources / corpus), files, data_root, vocab_size, max_lines, tokenizer)
+    _check_options(tokenizer, max_lines)
+    if not (SHARED_DATA / corpus).is_dir():
+        raise FileNotFoundError(f"no {corpus}/ under {SHARED_DATA}")
+    files = [p for p in (SHARED_DATA / corpus).iterdir() if p.is_file()]
+    return _build(corpus, lambda: SPLITTERS[corpus](SHARED_DATA / corpus), files, data_root, max_lines, tokenizer)
 
 
 def split_text(lines: Sequence[str], valid_fraction: float = USER_VALID_FRACTION) -> Split:
@@ -170,26 +167,25 @@ def split_text(lines: Sequence[str], valid_fraction: float = USER_VALID_FRACTION
 
 
 def prepare_text(name: str, train: Path, valid: Path | None = None, data_root: Path = DEFAULT_DATA_ROOT,
-                 vocab_size: int = DEFAULT_VOCAB_SIZE, max_lines: int | None = None,
-                 tokenizer: str = DEFAULT_TOKENIZER) -> Path:
+                 max_lines: int | None = None, tokenizer: str = DEFAULT_TOKENIZER) -> Path:
     """Binarized data directory for a user's own text: one file (split by :func:`split_text`)
     or a train/valid pair. ``name`` names the corpus in results (letters, digits, ``-_.``)."""
     if not re.fullmatch(r"[\w.-]+", name) or name in CORPORA:
         raise ValueError(f"--text-name: {name!r} must be letters, digits, '-', '_' or '.', and not a shared "
                          f"corpus name ({', '.join(CORPORA)})")
-    _check_options(tokenizer, vocab_size, max_lines)
+    _check_options(tokenizer, max_lines)
     files = [Path(train)] + ([Path(valid)] if valid is not None else [])
     for path in files:
         if not path.is_file():
             raise FileNotFoundError(f"--text: no file {path}")
     splitter = (lambda: split_text(_read_lines(train))) if valid is None else \
         (lambda: (_read_lines(train), _read_lines(valid)))
-    return _build(name, splitter, files, data_root, vocab_size, max_lines, tokenizer)
+    return _build(name, splitter, files, data_root, max_lines, tokenizer)
 
 
-def _build(name: str, splitter: Callable[[], Split], files: Sequence[Path], data_root: Path, vocab_size: int,
-           max_lines: int | None, tokenizer: str) -> Path:
-    dest = Path(data_root) / f"{name}-{tokenizer}-{_fingerprint(name, tokenizer, vocab_size, max_lines, files)}"
+def _build(name: str, splitter: Callable[[], Split], files: Sequence[Path], data_root: Path, max_lines: int | None,
+           tokenizer: str) -> Path:
+    dest = Path(data_root) / f"{name}-{tokenizer}-{_fingerprint(name, tokenizer, max_lines, files)}"
     if (dest / "prepared.json").exists():
         return dest
     train, valid = (tokenize_lines(split, tokenizer, max_lines) for split in splitter())
@@ -198,8 +194,8 @@ def _build(name: str, splitter: Callable[[], Split], files: Sequence[Path], data
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dest.parent))
     try:
-        binarize(train, valid, staging, vocab_size)
-        info = {"corpus": name, "tokenizer": tokenizer, "vocab_size": vocab_size, "max_lines": max_lines,
+        binarize(train, valid, staging)
+        info = {"corpus": name, "tokenizer": tokenizer, "vocab_size": VOCAB_SIZE, "max_lines": max_lines,
                 "tokenizer_version": TOKENIZER_VERSION, "train_lines": len(train), "valid_lines": len(valid),
                 "train_tokens": sum(len(line.split()) for line in train),
                 "valid_tokens": sum(len(line.split()) for line in valid)}
