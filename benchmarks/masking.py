@@ -123,19 +123,15 @@ def measure(min_time):
             with single_thread():
                 op_one_thread = seconds_per_call(op_masking(tokens, mode == "exact"), min_time=min_time)
             seconds = {**common, "op": op_time, "op_1_thread": op_one_thread}
-            rows.append({"batch": f"{batch}x{length}", "mode": mode,
-                         "mtokens_per_s": {name: tokens.numel() / s / 1e6 for name, s in seconds.items()}})
+            mtok = {name: tokens.numel() / s / 1e6 for name, s in seconds.items()}
+            rows.append({"batch": f"{batch}x{length}", "mode": mode, "mtokens_per_s": mtok,
+                         "speedup": {name: mtok["op"] / mtok[name] for name in ("hf", "fairseq", "copy")}})
     return rows
-
-
-def speedups(row):
-    mtok = row["mtokens_per_s"]
-    return {name: mtok["op"] / mtok[name] for name in ("hf", "fairseq", "copy")}
 
 
 def table(rows):
     def cells(row):
-        m, r = row["mtokens_per_s"], speedups(row)
+        m, r = row["mtokens_per_s"], row["speedup"]
         return [row["batch"], row["mode"], f"{m['op']:.0f}", f"{m['op_1_thread']:.0f}", f"{m['hf']:.1f}",
                 f"{m['fairseq']:.2f}", f"{m['copy']:.0f}", f"{r['hf']:.1f}x", f"{r['fairseq']:.0f}x"]
 
@@ -152,7 +148,6 @@ def main():
         raise SystemExit("the extension is not built: pip install --no-build-isolation -e .")
     rows = measure(min_time=0.05 if options.quick else 1.0)
     for row in rows:
-        row["speedup"] = speedups(row)
         row["targets_met"] = {name: row["speedup"][name] >= target for name, target in TARGETS[row["mode"]].items()}
     print("million tokens / s (source and target)")
     print(table(rows))

@@ -439,8 +439,7 @@ def load_results(results_root: Path, corpus: str):
 
 def result_corpora(results_root: Path) -> list[str]:
     """Corpora with results: the shared ones first, then users' texts."""
-    found = sorted(p.name for p in Path(results_root).iterdir()
-                   if p.is_dir() and p.name != "pilot" and any(p.glob("*/seed*.json"))) if Path(results_root).is_dir() else []
+    found = sorted({p.parent.parent.name for p in Path(results_root).glob("*/*/seed*.json")})
     return [c for c in corpora.CORPORA if c in found] + [c for c in found if c not in corpora.CORPORA]
 
 
@@ -510,10 +509,9 @@ def block_table(per_corpus: dict, policy: str = SCORED_POLICY) -> str:
                     "lr" + "r" * (len(labels) + 2), rows)
 
 
-def write_summary(results_root: Path, corpus_names: Sequence[str] | None = None, work_root: Path = DEFAULT_WORK) -> Path:
+def write_summary(results_root: Path, work_root: Path = DEFAULT_WORK) -> Path:
     """summary.md: pilots, interaction length, the criteria, tables and gpts-report plots."""
     results_root = Path(results_root)
-    corpus_names = list(corpus_names) if corpus_names is not None else result_corpora(results_root)
     lines = ["# Pre-registered pre-training comparison", "",
              "Protocol and criteria: the docstring of `benchmarks/pretrain.py` (fixed before the suite ran). "
              "Losses: reference-masking (ρ=0.15, γ=λ=0.1, fixed masks) validation loss in bits per masked "
@@ -529,7 +527,7 @@ def write_summary(results_root: Path, corpus_names: Sequence[str] | None = None,
                   f"Chosen: L = {measured['chosen']} updates"
                   + ("" if measured["effect_condition_met"] else " (no candidate met the effect-to-noise condition; "
                      "the smallest meeting overhead and decisions)") + ".", ""]
-    per_corpus = {c: runs for c in corpus_names if (runs := load_results(results_root, c))}
+    per_corpus = {c: load_results(results_root, c) for c in result_corpora(results_root)}
     if per_corpus:
         scored = list(corpora.CORPORA) if any(c in per_corpus for c in corpora.CORPORA) else list(per_corpus)
         lines += ["## Pre-registered criteria (gp-ts-trend)", "", *[f"- {c.line()}" for c in score(per_corpus, scored)],
@@ -549,7 +547,7 @@ def write_summary(results_root: Path, corpus_names: Sequence[str] | None = None,
                   if target is not None else f"{len(runs)} runs; no constant-0.15 run yet, so no target.",
                   f"Wall time per run: mean {sum(walls) / len(walls):.0f} s, max {max(walls):.0f} s "
                   f"(sum {sum(walls) / 60:.0f} min)." if walls else "",
-                  _settings_line(results_root / corpus),
+                  _settings_line(runs),
                   "", label_table(runs, target, paired_with=REFERENCE_POLICY), "",
                   f"![validation loss on {corpus}]({report.parent.relative_to(results_root)}/val_loss.png)", ""]
     summary = results_root / "summary.md"
@@ -591,10 +589,9 @@ def plot_paired_deltas(per_corpus: dict, path: Path) -> Path:
     return path
 
 
-def _settings_line(corpus_dir: Path) -> str:
-    """The settings of the corpus' runs (or a note that they differ)."""
-    found = {json.dumps(json.loads(p.read_text()).get("settings"), sort_keys=True)
-             for p in sorted(corpus_dir.glob("*/seed*.json"))}
+def _settings_line(runs) -> str:
+    """The settings of the runs (or a note that they differ)."""
+    found = {json.dumps(r.result.get("settings"), sort_keys=True) for r in runs}
     if len(found) != 1 or found == {"null"}:
         return "Settings: differ between runs (see each result JSON)." if len(found) > 1 else ""
     settings = {k: v for k, v in json.loads(found.pop()).items() if k != "threads"}
