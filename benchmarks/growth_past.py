@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from benchmarks import corpora, growth, harness, past_plateau
+from benchmarks import corpora, growth, harness, past_plateau, pretrain
 from benchmarks.past_plateau import Verdict
 from gpts_fairseq.report.summary import one_sided_upper_bound
 
@@ -58,17 +58,14 @@ def budget_of(corpus: str) -> int | None:
     to 100, or None (corpus dropped) when U* > 3,200 or never reached."""
     entropy = harness.corpus_entropy(str(data_dir(corpus)))
 
-    def crossing(curve) -> int | None:
-        return next((u for u, x in curve if x < entropy), None)
-
     def stop(curve) -> bool:
-        u_star = crossing(curve)
+        u_star = pretrain.crossing_update(curve, entropy)
         return bool(curve) and (u_star is not None and curve[-1][0] >= BUDGET_FACTOR * u_star
                                 or u_star is None and curve[-1][0] > MAX_CROSSING)
 
     pilot = harness.run(run_spec(corpus, "fixed", PILOT_SEED, PILOT_MAX_UPDATES, name="pilot"), RESULTS,
                         past_plateau.RUNS_ROOT / "work", stop=stop)
-    u_star = crossing(pilot["val_curve"])
+    u_star = pretrain.crossing_update(pilot["val_curve"], entropy)
     if u_star is None or u_star > MAX_CROSSING:
         return None
     return int(VALIDATE_UPDATES * math.ceil(BUDGET_FACTOR * u_star / VALIDATE_UPDATES))
