@@ -63,7 +63,7 @@ def decision_ms(variant, options, observations, repeats):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=harness.REPO_ROOT / "benchmarks" / "results" / "bandit_overhead.json")
+    parser.add_argument("--out", type=Path, default=harness.RESULTS_ROOT / "bandit_overhead.json")
     options = parser.parse_args()
     repeats = 2 if options.quick else 5
     rows = []

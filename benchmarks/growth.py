@@ -26,7 +26,7 @@ from benchmarks import corpora, harness, pretrain
 from gpts_fairseq.growth.flops import update_flops
 from gpts_fairseq.growth.stages import parse_stages
 
-DEFAULT_RESULTS = harness.REPO_ROOT / "benchmarks" / "results" / "growth"
+DEFAULT_RESULTS = harness.RESULTS_ROOT / "growth"
 DEFAULT_WORK = harness.WORK_ROOT / "growth"
 TARGET = dict(layers=4, embed_dim=128, ffn=512, heads=4, tokens=128)
 # the small stage of each arm (None: the full model from the start)

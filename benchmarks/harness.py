@@ -46,7 +46,8 @@ from gpts_fairseq.events import EVENTS_FILE, read_events
 from gpts_fairseq.report.history import RunInfo, iter_log_records
 
 SCHEMA = 1
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = corpora.REPO_ROOT
+RESULTS_ROOT = REPO_ROOT / "benchmarks" / "results"
 USER_DIR = REPO_ROOT / "gpts_fairseq"
 WORK_ROOT = Path(os.environ.get("GPTS_WORK_ROOT", Path.home() / ".cache" / "gpts-fairseq" / "runs"))
 LOG_FILE = "train.log"

@@ -142,7 +142,7 @@ def table(rows):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short timing (a smoke run)")
-    parser.add_argument("--out", type=Path, default=harness.REPO_ROOT / "benchmarks" / "results" / "masking.json")
+    parser.add_argument("--out", type=Path, default=harness.RESULTS_ROOT / "masking.json")
     options = parser.parse_args()
     if not ops.is_available():
         raise SystemExit("the extension is not built: pip install --no-build-isolation -e .")

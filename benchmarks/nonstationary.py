@@ -34,8 +34,7 @@ POLICIES = {
 CRITERION_PROBLEM = "measured trend + paid-back arm effect"
 CRITERION_POLICY = "gp-ts, reward model=trend"
 CRITERION_RIVALS = ("gp-ts", "gp-ts, context=progress", "gp-ts, window=10")
-RESULTS = harness.REPO_ROOT / "benchmarks" / "results"
-PRETRAIN_RESULTS = RESULTS / "pretrain"
+PRETRAIN_RESULTS = harness.RESULTS_ROOT / "pretrain"
 REPLAY_POLICIES = ("random", "gp-ts-rho", "gp-ts-rho-progress", "gp-ts-rho-window")
 REWARD_MODELS = ("arm", "trend")
 
@@ -77,7 +76,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--interactions", type=int, default=60)
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=RESULTS / "nonstationary.json")
+    parser.add_argument("--out", type=Path, default=harness.RESULTS_ROOT / "nonstationary.json")
     options = parser.parse_args()
     space, results = ArmSpace.paper_grid("rho"), {}
     for problem_name, problem_for in PROBLEMS.items():

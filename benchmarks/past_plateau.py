@@ -17,9 +17,8 @@ from typing import Sequence
 from benchmarks import harness, pretrain
 from gpts_fairseq.report.summary import one_sided_upper_bound
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RUNS_ROOT = Path(os.environ.get("GPTS_PAST_PLATEAU_RUNS", REPO_ROOT / "runs" / "past-plateau"))
-RESULTS_ROOT = REPO_ROOT / "benchmarks" / "results"
+RUNS_ROOT = Path(os.environ.get("GPTS_PAST_PLATEAU_RUNS", harness.REPO_ROOT / "runs" / "past-plateau"))
+RESULTS_ROOT = harness.RESULTS_ROOT
 CORPORA = ("wikitext-2", "linux")  # war-and-peace: no run of the masking suite left its plateau
 
 EVAL_BATCHES = 12

@@ -50,8 +50,7 @@ from typing import Iterable, Sequence
 
 from benchmarks import harness, pretrain
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS = REPO_ROOT / "benchmarks" / "results"
+RESULTS = harness.RESULTS_ROOT
 DEFAULT_OUT = RESULTS / "power.json"
 
 DELTA_BITS = 0.01

@@ -34,7 +34,7 @@ from gpts_fairseq.report.history import load_run, run_from_result
 from gpts_fairseq.report.summary import format_loss, label_table, one_sided_upper_bound, \
     reference_target
 
-DEFAULT_RESULTS = harness.REPO_ROOT / "benchmarks" / "results" / "pretrain-prereg"
+DEFAULT_RESULTS = harness.RESULTS_ROOT / "pretrain-prereg"
 DEFAULT_WORK = harness.WORK_ROOT / "pretrain-prereg"
 REFERENCE = (0.15, 0.1, 0.1)
 REFERENCE_POLICY = "constant-0.15"

@@ -23,7 +23,7 @@ from typing import Sequence
 from benchmarks import corpora, harness, pretrain
 from benchmarks.harness import md_table, verdict
 
-DEFAULT_RESULTS = harness.REPO_ROOT / "benchmarks" / "results" / "subsets"
+DEFAULT_RESULTS = harness.RESULTS_ROOT / "subsets"
 DEFAULT_WORK = harness.WORK_ROOT / "subsets"
 MAX_LINES = {"wikitext-2": 725, "linux": 11250, "war-and-peace": 5300}  # ~320 k characters each
 SEEDS = (1, 2, 3)

@@ -45,7 +45,7 @@ def main():
     parser.add_argument("--updates", type=int, default=300)
     parser.add_argument("--workers", type=int, default=1, help="DataLoader worker processes (both tasks)")
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "gpts-fairseq-speed")
-    parser.add_argument("--out", type=Path, default=harness.REPO_ROOT / "benchmarks" / "results" / "train_speed.json")
+    parser.add_argument("--out", type=Path, default=harness.RESULTS_ROOT / "train_speed.json")
     options = parser.parse_args()
     data = build_corpus(options.data)
     rows = [train(data, task, options.updates, options.workers, options.data / task) for task in ("masked_lm", "gpts_mlm")]
