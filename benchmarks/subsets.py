@@ -3,10 +3,10 @@
 Protocol and pass criteria: docs/experiments/subsets.md; the pre-registered text, verbatim, is
 this module's docstring at commit 392b41a (``git show 392b41a:benchmarks/subsets.py``). The arms
 (``ARMS``) train ``pretrain.model_args``' tiny RoBERTa for one full-data epoch of updates on each
-corpus cut to ``MAX_LINES``. ``timing.json`` records the selection cost at ~20K blocks (its run is
-retired: docs/experiments/subsets.md).
-Results: ``benchmarks/results/subsets/<corpus>/<arm>/seed<k>.json``, ``timing.json``,
-``summary.md`` and ``delta_vs_full.png``.
+corpus cut to ``MAX_LINES``. ``timing.json`` records the selection cost at ~20K blocks (its run
+and its table are retired: docs/experiments/subsets.md holds them).
+Results: ``benchmarks/results/subsets/<corpus>/<arm>/seed<k>.json``, ``summary.md`` and
+``delta_vs_full.png``.
 
     python -m benchmarks.subsets --jobs 1          # all 45 runs (resumable)
     python -m benchmarks.subsets --summary-only    # tables and the plot from the JSON
@@ -82,27 +82,6 @@ def run_fields(save_dir: Path, result: dict) -> dict:
     return {"max_lines": MAX_LINES.get(result["corpus"]), "selections": chosen,
             "seconds_per_update": seconds_per_update, "selection_s": selection_s,
             "selection_update_equivalents": selection_s / seconds_per_update}
-
-
-def timing_table(t: dict) -> list[str]:
-    """Markdown rows of the selection cost against one epoch's training."""
-    epoch, feature = t["epoch_train_s"], t["feature_pass"]
-    rows = [("feature pass, whole forward (before)", feature["full_forward"]["wall_s"]),
-            ("feature pass, up to the feature layer (now)", feature["truncated"]["wall_s"]),
-            ("the same inside fairseq-train, before its first update", feature["in_training_s"]),
-            ("greedy (lazy, exact)", t["greedy_s"]),
-            ("selection before: whole forward + greedy", feature["full_forward"]["wall_s"] + t["greedy_s"]),
-            ("**selection now: truncated features + greedy**", feature["truncated"]["wall_s"] + t["greedy_s"])]
-    probe = t["batch_probe"]
-    return [f"{t['blocks']} blocks, partitions of {t['partition_size']}; one epoch's training {epoch:.0f} s "
-            f"({t['seconds_per_update']:.2f} s/update); load average {t['load_average_before'][0]:.1f} before, "
-            f"{t['load_average_after'][0]:.1f} after", "",
-            md_table(["step", "seconds", "share of one epoch"], "lrr",
-                     [[name, f"{seconds:.1f}", f"{100 * seconds / epoch:.1f} %"] for name, seconds in rows]),
-            "", f"Feature batch size (truncated pass over {probe['blocks']} blocks, mean of 2 rounds; features "
-            f"{'bit-identical' if probe['identical'] else 'NOT identical'} across sizes):", "",
-            md_table(["batch", "wall s", "cpu s"], "rrr",
-                     [[size, f"{v['wall_s']:.1f}", f"{v['cpu_s']:.1f}"] for size, v in probe["sizes"].items()])]
 
 
 def load(results: Path, corpus: str) -> dict:
@@ -181,9 +160,6 @@ def write_summary(results: Path) -> Path:
               "–" if row["arm"] == "full" or row["delta_mean"] is None else
               f"{row['delta_mean']:+.4f} ({row['delta_lower']}/{row['delta_pairs']})",
               f"{row['selection_s']:.1f}", f"{row['selection_updates']:.0f}"] for row in rows]), ""]
-    timing = results / "timing.json"
-    if timing.exists() and "feature_pass" in (t := json.loads(timing.read_text())):
-        lines += ["## Selection cost at 20K blocks", ""] + timing_table(t) + [""]
     if per_corpus:
         plot(per_corpus, results / "delta_vs_full.png")
         lines.append("![validation loss minus full data's, same seed](delta_vs_full.png)")
@@ -198,7 +174,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     harness.add_suite_arguments(parser, DEFAULT_RESULTS, DEFAULT_WORK, arms=ARMS, seeds=SEEDS)
     args = parser.parse_args(argv)
-    harness.check((args.jobs >= 1, f"--jobs must be >= 1, got {args.jobs}"))
     if not args.summary_only:
         data = {c: data_dir(c, MAX_LINES[c]) for c in args.corpus}
         specs = [run_spec(c, data[c], a, s, epoch_updates(data[c])) for s in args.seeds for c in args.corpus
