@@ -71,8 +71,10 @@ setup(
     # "fairseq" extra names the supported releases (a fork of them works if it keeps their internals)
     install_requires=["numpy", "gpytorch>=1.11", "matplotlib", "packaging", "pyyaml"],
     # tensorboard: fairseq's --tensorboard-logdir writer and the test's event reader;
-    # sentencepiece: examples/pretrain_from_raw_text.sh --sentencepiece (neither depends on torch)
-    extras_require={"test": ["pytest>=7", "hypothesis>=6", "tensorboard>=2.10", "sentencepiece>=0.1.99"],
+    # sentencepiece: examples/pretrain_from_raw_text.sh --sentencepiece (neither depends on torch);
+    # pytest-xdist: `make test` runs the suite on every core
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3.5", "hypothesis>=6", "tensorboard>=2.10",
+                             "sentencepiece>=0.1.99"],
                     "fairseq": [FAIRSEQ_REQUIREMENT]},
     entry_points={"console_scripts": ["gpts-report = gpts_fairseq.report.cli:main"]},
     ext_modules=[masking_extension()],
