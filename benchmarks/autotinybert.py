@@ -246,13 +246,75 @@ def score(corpora_names: Sequence[str]) -> list[past_plateau.Verdict]:
     return verdicts
 
 
+INHERITED_ARMS = ("evolved-params", "evolved-latency", "fast", "random", "default")
+
+
+def plateau_lines(corpora_names: Sequence[str]) -> list[str]:
+    """The protocol's plateau check: each super-net's largest sub-net at U_s against the corpus'
+    previous-token entropy H, and every scored run's share of its budget below H."""
+    lines = ["| corpus | seed | run | last validation (bits) | H | share of budget below H |", "|---|---|---|---:|---:|---:|"]
+    for corpus in corpora_names:
+        entropy = harness.corpus_entropy(str(data_dir(corpus)))
+        for result in sorted(harness.load_results(RESULTS, corpus), key=lambda r: (r["seed"], r["arm"])):
+            if result["arm"] == "supernet" or "test_loss_bits" in result:
+                below = harness.passed_previous_token_entropy(result["val_curve"], entropy, result["budget_updates"])
+                lines.append(f"| {corpus} | {result['seed']} | {result['arm']} | {result['val_curve'][-1][1]:.3f} | "
+                             f"{entropy:.3f} | {below:.0%} |")
+    return lines
+
+
+def tau_lines(corpora_names: Sequence[str]) -> list[str]:
+    lines = []
+    for corpus in corpora_names:
+        path = RESULTS / corpus / "tau.json"
+        if path.exists():
+            record = json.loads(path.read_text())
+            lines += [f"**{corpus}**: Kendall tau {record['kendall_tau']:+.2f}", "",
+                      "| sub-net (L,D,H,F) | proxy: inherited loss, search split | stand-alone test loss |",
+                      "|---|---:|---:|",
+                      *(f"| {a} | {record['proxy_bits'][a]:.3f} | {record['standalone_test_bits'][a]:.3f} |"
+                        for a in record["archs"]), ""]
+    return lines
+
+
+def plot(corpora_names: Sequence[str], path: Path) -> Path:
+    """Per corpus: the test loss of each inherited-then-trained pick per seed, and the tau study."""
+    losses = final_losses(corpora_names)
+    with harness.panels(2, (5.4, 3.8), path) as (fig, (picks_ax, tau_ax), _):
+        for offset, corpus in enumerate(corpora_names):
+            for seed in SEEDS:
+                points = [(i, losses[(corpus, seed, f"{arm}-inherited")]) for i, arm in enumerate(INHERITED_ARMS)
+                          if (corpus, seed, f"{arm}-inherited") in losses]
+                picks_ax.plot([i for i, _ in points], [x for _, x in points], marker="os"[offset], ls=":",
+                              label=f"{corpus} seed {seed}")
+            if (RESULTS / corpus / "tau.json").exists():
+                record = json.loads((RESULTS / corpus / "tau.json").read_text())
+                tau_ax.scatter([record["proxy_bits"][a] for a in record["archs"]],
+                               [record["standalone_test_bits"][a] for a in record["archs"]],
+                               marker="os"[offset], label=f"{corpus} (tau {record['kendall_tau']:+.2f})")
+        picks_ax.set_xticks(range(len(INHERITED_ARMS)), INHERITED_ARMS, fontsize=8)
+        picks_ax.set_ylabel(f"test loss after {FURTHER_UPDATES} updates (bits)")
+        picks_ax.set_title("inherited, then trained", fontsize=10)
+        tau_ax.set_xlabel("proxy: inherited loss, search split (bits)")
+        tau_ax.set_ylabel(f"stand-alone test loss, {STANDALONE_UPDATES} updates (bits)")
+        tau_ax.set_title("one-shot proxy vs stand-alone training", fontsize=10)
+        for ax in (picks_ax, tau_ax):
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+    return path
+
+
 def write_summary(corpora_names: Sequence[str]) -> Path:
     losses = final_losses(corpora_names)
     lines = ["# AutoTinyBERT past the plateau: summary", "", "Test-split loss (bits per masked token, reference "
              "masking) after further training; protocol: docs/experiments/autotinybert.md.", "",
              "| corpus | seed | arm | test loss |", "|---|---|---|---|"]
     lines += [f"| {c} | {s} | {arm} | {loss:.4f} |" for (c, s, arm), loss in sorted(losses.items())]
-    lines += ["", "## Criteria", "", *(v.line() for v in score(corpora_names))]
+    lines += ["", "## Criteria", "", *(v.line() for v in score(corpora_names)),
+              "", "## Plateau check", "", *plateau_lines(corpora_names), "", "## Kendall tau study", "",
+              *tau_lines(corpora_names)]
+    if losses:
+        lines += [f"![test losses and the tau study]({plot(corpora_names, RESULTS / 'summary.png').name})"]
     return past_plateau.write_summary(RESULTS, lines)
 
 
