@@ -1,11 +1,13 @@
 """Shared fixtures: a tiny binarized corpus (from ../shared/data), a fairseq-train runner, and
 the ``e2e`` marker on every test that trains with fairseq in a subprocess."""
 
+import atexit
 import inspect
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -47,11 +49,32 @@ def tiny_corpus(tmp_path_factory):
     return root / "bin"
 
 
+_fork_server = None
+_fork_server_lock = threading.Lock()  # runs may start from several threads at once
+
+
+def _forked_run(tool, args, env, timeout):
+    """The run from the fork server (started on first use), or None where it cannot make it."""
+    global _fork_server
+    if os.environ.get("GPTS_TEST_FORK", "1") == "0":
+        return None
+    with _fork_server_lock:
+        if _fork_server is None:
+            import forked_fairseq
+
+            _fork_server = forked_fairseq.Server(env)
+            atexit.register(_fork_server.stop)
+    return _fork_server.run(tool, args, env, timeout)
+
+
 def run_fairseq(args, *, tool="train", check=True, timeout=600):
-    """Run fairseq_cli.<tool> in a subprocess with one thread; returns the CompletedProcess."""
+    """Run fairseq_cli.<tool> in a child process with one thread; returns the CompletedProcess.
+    fairseq-train's child is forked from a server that has imported fairseq already
+    (forked_fairseq.py; GPTS_TEST_FORK=0 starts every run as a fresh ``python -m``)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", f"fairseq_cli.{tool}", *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=timeout)
+    args = list(map(str, args))
+    proc = _forked_run(tool, args, env, timeout) or subprocess.run(
+        [sys.executable, "-m", f"fairseq_cli.{tool}", *args], capture_output=True, text=True, env=env, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"fairseq {tool} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc
@@ -83,11 +106,23 @@ def _calls_run_fairseq(function):
     return False
 
 
+def _shares_a_module_fixture(item):
+    """Does ``item`` use a fixture set up once per module (or class, or package)?"""
+    info = getattr(item, "_fixtureinfo", None)
+    definitions = info.name2fixturedefs.values() if info else ()
+    return any(chain[-1].scope in ("module", "class", "package") for chain in definitions if chain)
+
+
 def pytest_collection_modifyitems(config, items):
     """``e2e``: tests that use the ``tiny_corpus`` fixture or call ``run_fairseq`` (directly or
     through a helper of their module); tests that train in a subprocess some other way carry
-    ``@pytest.mark.e2e`` themselves. ``pytest -m "not e2e"`` is the quick loop."""
+    ``@pytest.mark.e2e`` themselves. ``pytest -m "not e2e"`` is the quick loop.
+
+    ``xdist_group``: the tests of a module that share a module-scoped fixture run on one
+    pytest-xdist worker under ``--dist loadgroup`` (``make test``), so the fixture is built once."""
     for item in items:
         function = getattr(item, "function", None)
         if "tiny_corpus" in getattr(item, "fixturenames", ()) or (function and _calls_run_fairseq(function)):
             item.add_marker(pytest.mark.e2e)
+        if _shares_a_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
