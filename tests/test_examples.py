@@ -85,29 +85,6 @@ def run_script(*args, check=True):
     return proc
 
 
-@pytest.mark.e2e
-@pytest.mark.parametrize("tokenizer", ["chars", "gpt2-bpe", "sentencepiece"])
-def test_raw_text_to_gp_ts_run(tmp_path, tokenizer):
-    if tokenizer == "sentencepiece":
-        pytest.importorskip("sentencepiece")
-    train, valid = raw_text(tmp_path)
-    vocabulary = {"chars": ["--chars"], "sentencepiece": ["--sentencepiece", "200"]}.get(tokenizer)
-    out = tmp_path / "run"
-    run_script("--train", train, "--valid", valid, "--out", out, *(vocabulary or ["--gpt2-bpe", *gpt2_files(tmp_path)]),
-               "--", *TINY_TRAIN)
-    dictionary = [line.split()[0] for line in (out / "data-bin" / "dict.txt").read_text().splitlines()]
-    if tokenizer == "gpt2-bpe":
-        assert len(dictionary) == 259  # the given dict.txt, unchanged: 256 bytes + 3 merges
-    elif tokenizer == "chars":
-        assert "\u2581" in dictionary  # spaces became the ▁ character token
-    else:
-        assert 100 < len(dictionary) <= 200 and any(piece.startswith("\u2581") and len(piece) > 1 for piece in dictionary)
-    records = history(out / "checkpoints")
-    assert [r["end_update"] for r in records] == [2, 4, 6]
-    assert all(r["reward"] is not None for r in records)
-    assert (out / "checkpoints" / "checkpoint_last.pt").exists() and (out / "tensorboard").is_dir()
-
-
 @pytest.mark.parametrize("args, message", [
     ([], "--train is required"),
     (["--train", "TRAIN", "--out", "o"], "--valid is required"),
@@ -155,28 +132,47 @@ def train_text_with_bad_bytes(tmp_path):
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("tokenizer", ["chars", "gpt2-bpe", "sentencepiece"])
-def test_raw_text_bad_bytes_are_handled_the_same_on_every_tokenizer_path(tmp_path, tokenizer):
-    """Replaced (U+FFFD), NULs dropped, the BOM removed, one warning line naming the file and
-    the counts; then tokenized and binarized (--prepare-only: no training)."""
+def test_raw_text_with_bad_bytes_to_gp_ts_run(tmp_path, tokenizer):
+    """A user's raw text, tokenized, binarized and trained on with GP-TS. Its bad bytes are
+    handled the same on every tokenizer path: replaced (U+FFFD), NULs dropped, the BOM removed,
+    one warning line naming the file and the counts."""
     if tokenizer == "sentencepiece":
         pytest.importorskip("sentencepiece")
     train, valid = train_text_with_bad_bytes(tmp_path)
     vocabulary = {"chars": ["--chars"], "sentencepiece": ["--sentencepiece", "200"]}.get(tokenizer)
     out = tmp_path / "run"
     proc = run_script("--train", train, "--valid", valid, "--out", out,
-                      *(vocabulary or ["--gpt2-bpe", *gpt2_files(tmp_path)]), "--prepare-only")
+                      *(vocabulary or ["--gpt2-bpe", *gpt2_files(tmp_path)]), "--", *TINY_TRAIN)
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
     assert warnings == [f"warning: {train}: 4 invalid UTF-8 bytes replaced by U+FFFD, 2 NUL bytes dropped, "
                         "a byte-order mark removed"]
     cleaned = (out / "tokens" / "train.txt").read_text(encoding="utf-8")
     assert cleaned.count("\ufffd") == 3 and "\0" not in cleaned and "\ufeff" not in cleaned
     assert "two NULs here" in cleaned
+    assert (out / "tokens" / "train.bpe").stat().st_size > 0
+
     dictionary = [line.rsplit(" ", 1)[0] for line in (out / "data-bin" / "dict.txt").read_text(encoding="utf-8").splitlines()]
     assert "\0" not in "".join(dictionary) and "\ufeff" not in "".join(dictionary)
-    if tokenizer == "chars":
+    if tokenizer == "gpt2-bpe":
+        assert len(dictionary) == 259  # the given dict.txt, unchanged: 256 bytes + 3 merges
+    elif tokenizer == "chars":
+        assert "\u2581" in dictionary  # spaces became the ▁ character token
         assert "\ufffd" in dictionary
-    assert (out / "tokens" / "train.bpe").stat().st_size > 0 and (out / "data-bin" / "train.bin").exists()
-    assert not (out / "checkpoints").exists()  # --prepare-only
+    else:
+        assert 100 < len(dictionary) <= 200 and any(piece.startswith("\u2581") and len(piece) > 1 for piece in dictionary)
+    records = history(out / "checkpoints")
+    assert [r["end_update"] for r in records] == [2, 4, 6]
+    assert all(r["reward"] is not None for r in records)
+    assert (out / "checkpoints" / "checkpoint_last.pt").exists() and (out / "tensorboard").is_dir()
+
+
+@pytest.mark.e2e
+def test_prepare_only_binarizes_and_does_not_train(tmp_path):
+    train, valid = raw_text(tmp_path, lines=40)
+    out = tmp_path / "run"
+    run_script("--train", train, "--valid", valid, "--out", out, "--chars", "--prepare-only")
+    assert (out / "data-bin" / "train.bin").stat().st_size > 0 and (out / "data-bin" / "valid.bin").exists()
+    assert not (out / "checkpoints").exists() and not (out / "tensorboard").exists()
 
 
 @pytest.mark.e2e
