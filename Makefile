@@ -47,9 +47,9 @@ $(STAMP): $(SOURCES)
 demo: install
 	$(PY) -m gpts_fairseq demo --out demo
 
-# One pytest worker per core (TEST_WORKERS=0: one process); tests that share a module-scoped
-# fixture stay on one worker (tests/conftest.py groups them for --dist loadgroup).
-TEST_WORKERS ?= auto
+# One pytest worker per logical CPU (TEST_WORKERS=0: one process); tests that share a
+# module-scoped fixture stay on one worker (tests/conftest.py groups them for --dist loadgroup).
+TEST_WORKERS ?= logical
 test: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
