@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -118,7 +119,7 @@ def pytest_collection_modifyitems(config, items):
     through a helper of their module); tests that train in a subprocess some other way carry
     ``@pytest.mark.e2e`` themselves. ``pytest -m "not e2e"`` is the quick loop.
 
-    ``xdist_group``: the tests of a module that share a module-scoped fixture run on one
+    Modules with more ``e2e`` tests run first. ``xdist_group``: the tests of a module that share a module-scoped fixture run on one
     pytest-xdist worker under ``--dist loadgroup`` (``make test``), so the fixture is built once."""
     for item in items:
         function = getattr(item, "function", None)
@@ -126,3 +127,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.e2e)
         if _shares_a_module_fixture(item):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    # modules with the most e2e tests first (a stable sort: each module stays in one piece), so
+    # that xdist's workers do not end on a long training run while the other one idles
+    trainings = Counter(item.module.__name__ for item in items if item.get_closest_marker("e2e"))
+    items.sort(key=lambda item: -trainings[getattr(item.module, "__name__", "")])

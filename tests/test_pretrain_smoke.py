@@ -18,6 +18,7 @@ def _task_ready() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("gpts_fairseq.tasks", "gpts_fairseq.bandit"))
 
 
+@pytest.mark.e2e  # trains with fairseq-train in subprocesses, through the harness
 @pytest.mark.skipif(not _task_ready(), reason="needs the gpts_mlm task and the bandit")
 @pytest.mark.skipif(not (SHARED / "linux").is_dir(), reason="needs ../shared/data")
 def test_pilot_and_every_policy_on_a_user_text(tmp_path, monkeypatch, capsys):
