@@ -214,7 +214,7 @@ def better_on(losses, ours: str, theirs: str, corpora_names) -> list[float]:
             if (c, s, ours) in losses and (c, s, theirs) in losses]
 
 
-def score(corpora_names: Sequence[str]) -> list[past_plateau.Verdict]:
+def score(corpora_names: Sequence[str]) -> list[harness.Verdict]:
     losses = final_losses(corpora_names)
     wanted = len(corpora_names) * len(SEEDS)
     verdicts = []
@@ -222,11 +222,11 @@ def score(corpora_names: Sequence[str]) -> list[past_plateau.Verdict]:
     def versus(name, ours, theirs, margin, what):
         diffs = better_on(losses, ours, theirs, corpora_names)
         if len(diffs) < wanted:
-            return past_plateau.Verdict(name, "NOT SCOREABLE" if diffs else "incomplete", f"{len(diffs)} of {wanted} pairs")
+            return harness.Verdict(name, "NOT SCOREABLE" if diffs else "incomplete", f"{len(diffs)} of {wanted} pairs")
         wins = sum(d < 0 if margin is not None else d <= 0 for d in diffs)
         mean = sum(diffs) / len(diffs)
         ok = wins >= wanted - 1 and (margin is None or mean <= -margin)
-        return past_plateau.Verdict(name, "PASS" if ok else "FAIL", f"{what}: {wins} of {wanted} pairs, mean "
+        return harness.Verdict(name, "PASS" if ok else "FAIL", f"{what}: {wins} of {wanted} pairs, mean "
                                     f"{mean:+.4f} bits" + ("" if margin is None else f" (needs <= {-margin:+.2f})"))
 
     verdicts.append(versus("A1", "evolved-params-inherited", "default-inherited", 0.01, "evolved-params below default"))
@@ -234,14 +234,14 @@ def score(corpora_names: Sequence[str]) -> list[past_plateau.Verdict]:
     fast = versus("B", "evolved-params-inherited", "fast-inherited", None, "evolved <= fast")
     rand = versus("B", "evolved-params-inherited", "random-inherited", None, "evolved <= random")
     both = "PASS" if fast.status == rand.status == "PASS" else fast.status if fast.status != "PASS" else rand.status
-    verdicts.append(past_plateau.Verdict("B", both, f"{fast.detail}; {rand.detail}"))
+    verdicts.append(harness.Verdict("B", both, f"{fast.detail}; {rand.detail}"))
     verdicts.append(versus("C", "evolved-params-inherited", "evolved-params-scratch", 0.0, "inherited below scratch"))
     taus = {c: json.loads((RESULTS / c / "tau.json").read_text())["kendall_tau"]
             for c in corpora_names if (RESULTS / c / "tau.json").exists()}
     if len(taus) < len(corpora_names):
-        verdicts.append(past_plateau.Verdict("D", "incomplete", f"{len(taus)} of {len(corpora_names)} corpora"))
+        verdicts.append(harness.Verdict("D", "incomplete", f"{len(taus)} of {len(corpora_names)} corpora"))
     else:
-        verdicts.append(past_plateau.Verdict("D", "PASS" if min(taus.values()) >= 0.5 else "FAIL",
+        verdicts.append(harness.Verdict("D", "PASS" if min(taus.values()) >= 0.5 else "FAIL",
                                              ", ".join(f"{c} tau {t:+.2f}" for c, t in taus.items()) + " (needs >= 0.5)"))
     return verdicts
 

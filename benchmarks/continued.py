@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Sequence
 
 from benchmarks import corpora, harness, past_plateau, pretrain
-from benchmarks.past_plateau import Verdict
+from benchmarks.harness import Verdict
 from gpts_fairseq.report.history import load_run
 
 RESULTS = past_plateau.RESULTS_ROOT / "continued"

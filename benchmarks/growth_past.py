@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from benchmarks import corpora, growth, harness, past_plateau, pretrain
-from benchmarks.past_plateau import Verdict
+from benchmarks.harness import Verdict
 from gpts_fairseq.report.summary import one_sided_upper_bound
 
 RESULTS = past_plateau.RESULTS_ROOT / "growth-past"

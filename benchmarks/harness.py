@@ -362,6 +362,18 @@ def verdict(complete: bool, passed: bool) -> str:
     return "incomplete" if not complete else "PASS" if passed else "FAIL"
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """One pre-registered criterion: PASS, FAIL, NOT SCOREABLE or incomplete, and its numbers."""
+
+    name: str
+    status: str
+    detail: str
+
+    def line(self) -> str:
+        return f"- ({self.name}) **{self.status}**: {self.detail}"
+
+
 def cell(value, spec: str) -> str:
     """``value`` formatted by ``spec`` for a table; "–" for None."""
     return "–" if value is None else format(value, spec)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from benchmarks import harness, pretrain
+from benchmarks.harness import Verdict
 from gpts_fairseq.report.summary import one_sided_upper_bound
 
 RUNS_ROOT = Path(os.environ.get("GPTS_PAST_PLATEAU_RUNS", harness.REPO_ROOT / "runs" / "past-plateau"))
@@ -61,18 +61,6 @@ def warm_start(corpus: str, data_dir: Path, runs_root: Path = RUNS_ROOT) -> harn
     ``WARM_MARGIN_BITS`` below the corpus' previous-token entropy."""
     return harness.warm_start(warm_start_spec(corpus, data_dir), WARM_MARGIN_BITS,
                               store_root=Path(runs_root) / "warm-starts", work_root=Path(runs_root) / "work")
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """One pre-registered criterion: PASS, FAIL, NOT SCOREABLE or incomplete, and its numbers."""
-
-    name: str
-    status: str
-    detail: str
-
-    def line(self) -> str:
-        return f"- ({self.name}) **{self.status}**: {self.detail}"
 
 
 def below_share_failures(results: Sequence[dict], entropy: dict[str, float], share: float) -> list[str]:

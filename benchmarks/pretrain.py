@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from benchmarks import corpora, harness
-from benchmarks.harness import cell, check, md_table, verdict
+from benchmarks.harness import Verdict, cell, check, md_table, verdict
 from gpts_fairseq.report.cli import write_report
 from gpts_fairseq.report.history import load_run, run_from_result
 from gpts_fairseq.report.summary import format_loss, label_table, one_sided_upper_bound, \
@@ -307,18 +307,6 @@ def choose_interaction_length(rows: Sequence[dict]) -> tuple[int | None, bool]:
                  if ok(length, with_effect)), (None, False))
 
 
-@dataclass(frozen=True)
-class Criterion:
-    """One pre-registered criterion: PASS, FAIL or incomplete, with the numbers behind it."""
-
-    name: str
-    status: str  # "PASS", "FAIL" or "incomplete"
-    detail: str
-
-    def line(self) -> str:
-        return f"({self.name}) {self.status}: {self.detail}"
-
-
 def _finals(runs) -> dict[str, dict[int, float]]:
     """{label: {seed: final loss}} of the runs that validated, in their order."""
     finals: dict[str, dict[int, float]] = {}
@@ -400,7 +388,7 @@ def keyed_results(per_corpus: dict) -> dict:
 
 
 def score(per_corpus: dict, corpora_names: Sequence[str], seeds: Sequence[int] = SUITE_SEEDS,
-          policy: str = SCORED_POLICY) -> list[Criterion]:
+          policy: str = SCORED_POLICY) -> list[Verdict]:
     """The three pre-registered criteria (:func:`masking_criteria`) for ``policy`` over
     ``corpora_names`` x ``seeds``: (a) on >= CORPORA_TO_PASS corpora, (c) >= PAIRS_TO_BEAT_RANDOM wins."""
     wanted = len(corpora_names) * len(seeds)
@@ -411,13 +399,13 @@ def score(per_corpus: dict, corpora_names: Sequence[str], seeds: Sequence[int] =
 
     m = masking_criteria(keyed_results(per_corpus), corpora_names, seeds, policy, charged, CORPORA_TO_PASS,
                          PAIRS_TO_BEAT_RANDOM)
-    a = Criterion("a", m.a, f"≤ {COMPUTE_SHARE:.0%} of the compute on ≥ {CORPORA_TO_PASS} of {len(corpora_names)} "
+    a = Verdict("a", m.a, f"≤ {COMPUTE_SHARE:.0%} of the compute on ≥ {CORPORA_TO_PASS} of {len(corpora_names)} "
                   f"corpora; {m.a_passed} of {len(m.a_notes)} complete corpora pass — "
                   + "; ".join(m.a_notes.get(c, f"{c}: incomplete") for c in corpora_names))
     numbers = (f"mean gap {statistics.fmean(m.gaps):+.4f} bits, {BOUND_LEVEL:.0%} upper bound {m.bound:+.4f} "
                f"(limit +{BOUND_BITS}) over {len(m.gaps)} pairs") if m.bound is not None else f"{len(m.gaps)} pairs"
-    b = Criterion("b", m.b, numbers + (f" (incomplete: {len(m.gaps)} of {wanted} pairs)" if len(m.gaps) < wanted else ""))
-    c = Criterion("c", m.c, f"lower final loss than random on {m.wins} of {m.pairs} same-seed pairs "
+    b = Verdict("b", m.b, numbers + (f" (incomplete: {len(m.gaps)} of {wanted} pairs)" if len(m.gaps) < wanted else ""))
+    c = Verdict("c", m.c, f"lower final loss than random on {m.wins} of {m.pairs} same-seed pairs "
                   f"(need ≥ {PAIRS_TO_BEAT_RANDOM} of {wanted})"
                   + (f" (incomplete: {m.pairs} of {wanted} pairs)" if m.pairs < wanted else ""))
     return [a, b, c]
@@ -530,7 +518,7 @@ def write_summary(results_root: Path, work_root: Path = DEFAULT_WORK) -> Path:
     per_corpus = {c: load_results(results_root, c) for c in result_corpora(results_root)}
     if per_corpus:
         scored = list(corpora.CORPORA) if any(c in per_corpus for c in corpora.CORPORA) else list(per_corpus)
-        lines += ["## Pre-registered criteria (gp-ts-trend)", "", *[f"- {c.line()}" for c in score(per_corpus, scored)],
+        lines += ["## Pre-registered criteria (gp-ts-trend)", "", *[c.line() for c in score(per_corpus, scored)],
                   "", "## Final losses", "", final_table(per_corpus), "",
                   "## Same-seed blocks (final loss, bits)", "", block_table(per_corpus), "",
                   "## Compute", "", compute_table(per_corpus), ""]

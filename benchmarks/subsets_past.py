@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from benchmarks import corpora, harness, past_plateau, subsets
-from benchmarks.past_plateau import Verdict
+from benchmarks.harness import Verdict
 
 RESULTS = past_plateau.RESULTS_ROOT / "subsets-past"
 SEEDS = (1, 2, 3, 4)

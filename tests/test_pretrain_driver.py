@@ -284,7 +284,7 @@ def test_criteria_are_incomplete_while_pairs_are_missing(tmp_path):
 def test_summary_prints_the_criteria_and_tables(tmp_path):
     _suite(tmp_path, trend_shift=-0.012, random_shift=0.005, seeds=(1,))
     text = pretrain.write_summary(tmp_path, work_root=tmp_path / "work").read_text()
-    assert "- (c) incomplete: lower final loss than random on 3 of 3 same-seed pairs" in text
+    assert "- (c) **incomplete**: lower final loss than random on 3 of 3 same-seed pairs" in text
     assert "| linux | gp-ts-trend | 1 | 3.989 | -0.0120 (1/1) |" in text
     assert "| linux | gp-ts-trend | 1 | 1.000 | 8 | 32 | 112 | 40.0% |" in text
     # the block row: no schedule or GP-TS-rho run here; gaps to constant-0.30 and to random
