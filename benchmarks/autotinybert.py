@@ -73,10 +73,7 @@ def eval_dir(corpus: str) -> Path:
     half = len(lines) // 2
     (out / "search.tok").write_text("\n".join(lines[:half]) + "\n", encoding="utf-8")
     (out / "test.tok").write_text("\n".join(lines[half:]) + "\n", encoding="utf-8")
-    subprocess.run([corpora.fairseq_tool("fairseq-preprocess"), "--only-source", "--srcdict", str(source / "dict.txt"),
-                    "--validpref", str(out / "search.tok"), "--testpref", str(out / "test.tok"),
-                    "--destdir", str(out), "--dataset-impl", "mmap", "--workers", "1"],
-                   check=True, capture_output=True, text=True)
+    corpora.preprocess(out, source / "dict.txt", validpref=out / "search.tok", testpref=out / "test.tok")
     for suffix in ("bin", "idx"):
         (out / f"valid.{suffix}").rename(out / f"search.{suffix}")
     return out

@@ -20,8 +20,6 @@ import json
 import math
 import shutil
 import statistics
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
@@ -66,13 +64,8 @@ def joint_data_dir(corpus: str, corpora_names: Sequence[str] = ("wikitext-2", "l
     source = prepared[corpus]
     for split in ("train.tok", "valid.tok"):
         shutil.copyfile(source / split, staging / split)
-    done = subprocess.run([str(Path(sys.executable).with_name("fairseq-preprocess")), "--only-source",
-                           "--srcdict", str(staging / "joint_dict.txt"),
-                           "--trainpref", str(staging / "train.tok"), "--validpref", str(staging / "valid.tok"),
-                           "--destdir", str(staging), "--dataset-impl", "mmap", "--workers", "1"],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"fairseq-preprocess failed for {dest}:\n{done.stderr[-3000:]}")
+    corpora.preprocess(staging, staging / "joint_dict.txt", trainpref=staging / "train.tok",
+                       validpref=staging / "valid.tok")
     shutil.copyfile(source / "prepared.json", staging / "prepared.json")
     shutil.rmtree(dest, ignore_errors=True)
     staging.rename(dest)

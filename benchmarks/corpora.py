@@ -124,9 +124,17 @@ def binarize(train: Sequence[str], valid: Sequence[str], dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "train.tok").write_text("\n".join(train) + "\n", encoding="utf-8")
     (dest / "valid.tok").write_text("\n".join(valid) + "\n", encoding="utf-8")
-    result = subprocess.run([fairseq_tool("fairseq-preprocess"), "--only-source", "--trainpref", str(dest / "train.tok"),
-                             "--validpref", str(dest / "valid.tok"), "--destdir", str(dest), "--nwordssrc",
-                             str(VOCAB_SIZE), "--dataset-impl", "mmap", "--workers", "1"], capture_output=True, text=True)
+    preprocess(dest, trainpref=dest / "train.tok", validpref=dest / "valid.tok")
+
+
+def preprocess(dest: Path, dictionary: Path | None = None, **prefixes: Path) -> None:
+    """``fairseq-preprocess --only-source`` of tokenized files (``trainpref=``, ``validpref=``,
+    ``testpref=``) into ``dest``: with ``dictionary`` as its ``--srcdict``, else a new
+    dictionary of at most VOCAB_SIZE tokens. RuntimeError with fairseq's message on failure."""
+    vocab = ["--srcdict", str(dictionary)] if dictionary is not None else ["--nwordssrc", str(VOCAB_SIZE)]
+    files = [arg for name, path in prefixes.items() for arg in (f"--{name}", str(path))]
+    result = subprocess.run([fairseq_tool("fairseq-preprocess"), "--only-source", *vocab, *files, "--destdir", str(dest),
+                             "--dataset-impl", "mmap", "--workers", "1"], capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"fairseq-preprocess failed for {dest}:\n{result.stderr[-3000:]}")
 

@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import json
 import statistics
-import subprocess
 from pathlib import Path
 from typing import Sequence
 
@@ -66,9 +65,7 @@ def prepare_data(data_root: Path = corpora.DEFAULT_DATA_ROOT) -> Path:
             (dest / name).symlink_to(base / name)
     lines = corpora.tokenize_lines((corpora.SHARED_DATA / CORPUS / "test.txt").read_text().splitlines(), "char")
     (dest / "test.tok").write_text("\n".join(lines) + "\n")
-    subprocess.run([corpora.fairseq_tool("fairseq-preprocess"), "--only-source", "--srcdict", str(base / "dict.txt"),
-                    "--testpref", str(dest / "test.tok"), "--destdir", str(dest / "staging"), "--workers", "1",
-                    "--dataset-impl", "mmap"], check=True, capture_output=True, text=True)
+    corpora.preprocess(dest / "staging", base / "dict.txt", testpref=dest / "test.tok")
     for suffix in ("bin", "idx"):  # idx last: its presence marks a finished preparation
         (dest / "staging" / f"test.{suffix}").rename(dest / f"test.{suffix}")
     return dest

@@ -52,6 +52,23 @@ def test_a_user_file_is_split_into_a_contiguous_tail(tmp_path):
         corpora.prepare_text("mine", tmp_path / "missing.txt", data_root=tmp_path)
 
 
+
+def test_preprocess_encodes_with_a_given_dictionary_and_names_the_failure(tmp_path):
+    from fairseq.data import Dictionary, data_utils
+
+    text = tmp_path / "text.tok"
+    text.write_text("a b c\nc b a a\n")
+    corpora.preprocess(tmp_path / "own", trainpref=text)
+    own = Dictionary.load(str(tmp_path / "own" / "dict.txt"))
+    assert [own.index(t) for t in "abc"] == [4, 5, 6]  # after the 4 specials, by count
+    given = tmp_path / "given.txt"
+    given.write_text("c 1\nb 1\nz 1\na 1\n")
+    corpora.preprocess(tmp_path / "shared", given, testpref=text)
+    rows = data_utils.load_indexed_dataset(str(tmp_path / "shared" / "test"), None, "mmap")
+    assert rows[0].tolist() == [7, 5, 4, 2]  # a b c </s> in the given dictionary (4 specials first)
+    with pytest.raises(RuntimeError, match="fairseq-preprocess failed for .*broken"):
+        corpora.preprocess(tmp_path / "broken", tmp_path / "no-such-dict.txt", testpref=text)
+
 # -- pilot and interaction length ----------------------------------------------------------
 
 
