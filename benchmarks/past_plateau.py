@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
-from benchmarks import harness, pretrain
+from benchmarks import harness, power, pretrain
 from benchmarks.harness import Verdict
 from gpts_fairseq.report.summary import one_sided_upper_bound
 
@@ -76,15 +77,57 @@ def below_share_failures(results: Sequence[dict], entropy: dict[str, float], sha
 def bound_verdict(name: str, differences: Sequence[float], level: float, limit: float, wanted: int,
                   strict: bool, what: str) -> Verdict:
     """PASS if the one-sided ``level`` upper bound of the mean difference is below ``limit``
-    (``strict``: <, else <=), over ``wanted`` same-seed pairs; incomplete while pairs are missing."""
+    (``strict``: <, else <=), over ``wanted`` same-seed pairs; incomplete while pairs are missing.
+    Its numbers include the measured sd of the differences and the true difference those pairs
+    detect with 80 % power at that spread (``power.detectable``)."""
     if len(differences) < wanted:
         return Verdict(name, "incomplete", f"{len(differences)} of {wanted} pairs")
     bound = one_sided_upper_bound(differences, level)
-    mean = sum(differences) / len(differences)
+    mean, sd = statistics.fmean(differences), statistics.stdev(differences)
     ok = bound < limit if strict else bound <= limit
     return Verdict(name, "PASS" if ok else "FAIL",
                    f"{what}: mean {mean:+.4f}, {level:.0%} upper bound {bound:+.4f} (limit {'<' if strict else '<='} "
-                   f"{limit:+.3f}) over {len(differences)} pairs")
+                   f"{limit:+.3f}) over {len(differences)} pairs; sd {sd:.4f}, so these pairs detect a true "
+                   f"difference of {power.detectable(len(differences), sd, 1 - level):.4f} bits with 80 % power")
+
+
+def plateau_table(results: Sequence[dict], entropy: dict[str, float]) -> str:
+    """Per corpus and arm: the share of each run's budget spent below the corpus' previous-token
+    entropy (the plateau check) and the latest first validation below it over the seeds."""
+    rows: dict[tuple[str, str], list[tuple[float, int | None]]] = {}
+    for r in results:
+        bits = entropy[r["corpus"]]
+        share = harness.passed_previous_token_entropy(r["val_curve"], bits, r["budget_updates"])
+        first = next((int(u) for u, x in r["val_curve"] if x < bits), None)
+        rows.setdefault((r["corpus"], r["arm"]), []).append((share, first))
+    return harness.md_table(
+        ["corpus", "arm", "runs", "H(X_i∣X_i−1), bits", "budget below H (min–max over seeds)",
+         "first validation below H (latest seed)"], "llrrrr",
+        [[corpus, arm, len(got), f"{entropy[corpus]:.3f}", f"{min(s for s, _ in got):.0%}–{max(s for s, _ in got):.0%}",
+          "never" if any(f is None for _, f in got) else max(f for _, f in got)] for (corpus, arm), got in rows.items()])
+
+
+def plot_curves(results: Sequence[dict], entropy: dict[str, float], path: Path, xlabel: str = "update",
+                x: Callable[[dict, int], float] = lambda result, update: update) -> Path:
+    """One panel per corpus: each arm's seed-mean validation loss at the updates all its seeds
+    validated, against the seed mean of ``x(result, update)`` (default the update; e.g. charged
+    compute or FLOPs), with the corpus' previous-token entropy dashed."""
+    names = list(dict.fromkeys(r["corpus"] for r in results))
+    with harness.panels(len(names), (5.2, 3.8), path) as (fig, axes, _):
+        for ax, corpus in zip(axes, names):
+            for arm in dict.fromkeys(r["arm"] for r in results if r["corpus"] == corpus):
+                runs = [r for r in results if (r["corpus"], r["arm"]) == (corpus, arm)]
+                curves = [{int(u): float(loss) for u, loss in r["val_curve"]} for r in runs]
+                shared = sorted(set.intersection(*map(set, curves)))
+                ax.plot([statistics.fmean(x(r, u) for r in runs) for u in shared],
+                        [statistics.fmean(c[u] for c in curves) for u in shared], lw=1.2, label=f"{arm} ({len(runs)})")
+            ax.axhline(entropy[corpus], color="grey", ls="--", lw=0.8, label="H(X_i∣X_i−1)")
+            ax.set_title(corpus)
+            ax.set_xlabel(xlabel)
+            ax.legend(fontsize=7)
+        axes[0].set_ylabel("validation loss, bits (reference masking, seed mean)")
+        fig.tight_layout()
+    return path
 
 
 def parse_args(doc: str, argv: Sequence[str] | None, only: tuple[str, str], corpora: bool = True) -> argparse.Namespace:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks import continued, subsets_past
+from benchmarks import continued, past_plateau, power, subsets_past
 
 H = 3.5  # every corpus' entropy in these results
 
@@ -90,3 +90,27 @@ def test_continued_criteria():
     # the 3-arm variant ends 0.1 bits above constant-0.15: target never reached
     a, _, _ = continued.score(_continued(0.0, True), "gp-ts-trend-3arm", entropies)
     assert a.status == "FAIL" and "target 3.140 not reached" in a.detail
+
+
+def test_plateau_table_and_plots_of_the_results(tmp_path):
+    results = _subsets(0.03, above=True)  # full seed 1 starts at 4.0 bits: above H = 3.5 until update 500
+    for r in results:
+        r["seconds_per_update"] = 0.1
+    table = past_plateau.plateau_table(results, {"wikitext-2": H, "linux": H})
+    full = next(line for line in table.splitlines() if line.startswith("| wikitext-2 | full |"))
+    assert full.split(" | ")[4:] == ["50%–100%", "600 |"]  # seed 1: first below at 600, half the budget below
+    ingenious = next(r for r in results if r["arm"] == "ingenious")
+    assert subsets_past.charged(ingenious, 0) == pytest.approx(50.0)  # 5 s of selection at 0.1 s an update
+    assert subsets_past.charged(ingenious, 300) == pytest.approx(350.0)
+    assert subsets_past.charged(next(r for r in results if r["arm"] == "full"), 300) == 300
+    for path in (past_plateau.plot_curves(results, {"wikitext-2": H, "linux": H}, tmp_path / "loss.png",
+                                          x=subsets_past.charged),
+                 subsets_past.plot_deltas(results, tmp_path / "deltas.png")):
+        assert path.stat().st_size > 10_000
+
+
+def test_bound_verdict_reports_the_spread_and_what_it_can_detect():
+    verdict = past_plateau.bound_verdict("X", [0.01, -0.01, 0.02, 0.0], 0.95, 0.0, 4, strict=True, what="d")
+    assert verdict.status == "FAIL" and "sd 0.0129" in verdict.detail
+    detectable = float(verdict.detail.split("difference of ")[1].split()[0])
+    assert detectable == pytest.approx(power.detectable(4, 0.012910, 0.05), abs=1e-4) and detectable > 0.0129
