@@ -125,12 +125,8 @@ def score(results: Sequence[dict], policy: str, entropies: dict[str, float],
     wanted = len(DIRECTIONS) * len(seeds)
     need = math.ceil(RANDOM_SHARE * wanted - 1e-9)
 
-    def charged(result: dict, update: int) -> float:
-        return pretrain.charged_compute(result["charged"], POLICIES[policy], update, SETTINGS.interaction_updates,
-                                        SETTINGS.eval_batches)
-
     m = pretrain.masking_criteria({(r["corpus"], r["arm"], r["seed"]): r for r in results}, list(DIRECTIONS), seeds,
-                                  policy, charged, len(DIRECTIONS), need)
+                                  policy, charged_at, len(DIRECTIONS), need)
     a = Verdict("a", m.a, f"≤ {pretrain.COMPUTE_SHARE:.0%} of the compute on {m.a_passed} of {len(m.a_notes)} complete "
                 f"directions (need {len(DIRECTIONS)}) — " + "; ".join(m.a_notes.values()))
     b = past_plateau.bound_verdict("b", m.gaps, pretrain.BOUND_LEVEL, pretrain.BOUND_BITS, wanted, strict=False,
@@ -157,7 +153,18 @@ def write_summary() -> Path:
                 spread = f" ± {statistics.stdev(finals):.4f}" if len(finals) > 1 else ""
                 lines.append(f"| {direction} | {name} | {len(mine)} | {statistics.fmean(finals):.4f}{spread} | "
                              f"{statistics.fmean(r['charged']['charged_update_equivalents'] for r in mine):.0f} |")
+    if runs := [r for r in results if r["arm"] in POLICIES]:
+        figure = past_plateau.plot_curves(runs, entropies, RESULTS / "loss.png", "charged compute (update-equivalents)",
+                                          charged_at)
+        lines += ["", "## Below the target's previous-token entropy", "", past_plateau.plateau_table(results, entropies),
+                  "", f"![loss against charged compute]({figure.name})"]
     return past_plateau.write_summary(RESULTS, lines)
+
+
+def charged_at(result: dict, update: int) -> float:
+    """Update-equivalents the run had spent by ``update`` (reward passes and decisions included)."""
+    return pretrain.charged_compute(result["charged"], POLICIES[result["arm"]], update, SETTINGS.interaction_updates,
+                                    SETTINGS.eval_batches)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
