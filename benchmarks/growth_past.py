@@ -137,6 +137,19 @@ def write_summary(corpora_names: Sequence[str] = past_plateau.CORPORA) -> Path:
         share = harness.passed_previous_token_entropy(r["val_curve"], entropy[r["corpus"]], r["budget_updates"])
         lines.append(f"| {r['corpus']} | {r['arm']} | {r['seed']} | {r['budget_updates']} | "
                      f"{r['val_curve'][-1][1]:.4f} | {share:.0%} |")
+    by = {(r["corpus"], r["arm"], r["seed"]): r for r in results}
+    if pairs := [(k[0], k[2], by[k], by[(k[0], "compound", k[2])]) for k in by
+                 if k[1] == "fixed" and (k[0], "compound", k[2]) in by]:
+        lines += ["", "## FLOPs ratio, compound / fixed, at each target (the fixed run's loss at that share of its "
+                  "budget)", "", harness.md_table(
+                      ["corpus", "seed", *(f"{s:.0%}: target (bits), ratio" for s in TARGET_SHARES)], "lr" + "r" * len(
+                          TARGET_SHARES),
+                      [[corpus, seed, *(f"{t:.3f}, {ratio(compound, fixed, t):.2f}" for t in targets(fixed))]
+                       for corpus, seed, fixed, compound in pairs])]
+    if runs := [r for r in results if r["arm"] in ARMS]:
+        figure = past_plateau.plot_curves(runs, entropy, RESULTS / "loss.png", "training TFLOPs",
+                                          lambda r, update: growth.flops_at(r["schedule"], update) / 1e12)
+        lines += ["", f"![loss against training FLOPs]({figure.name})"]
     return past_plateau.write_summary(RESULTS, lines)
 
 

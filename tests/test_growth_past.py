@@ -59,3 +59,19 @@ def test_growth_runs_mask_030_through_the_growth_settings(tmp_path, monkeypatch)
     assert growth.Settings().mask_prob == 0.15
     rho_15, rho_30 = (growth.plan("fixed", growth.Settings(mask_prob=rho), 105)["flops_per_update"][0] for rho in (0.15, 0.3))
     assert rho_30 > rho_15 and growth.plan("fixed", growth_past.settings(5000), 105)["flops_per_update"][0] == rho_30
+
+
+def test_summary_tables_the_ratio_at_every_target_and_plots_loss_against_flops(tmp_path, monkeypatch):
+    from benchmarks import harness
+
+    for result in _growth(0.5):
+        result["schedule"] = {"stage_updates": [2000], "flops_per_update": [1.0 if result["arm"] == "fixed" else 0.5]}
+        harness.write_json(tmp_path / result["corpus"] / result["arm"] / f"seed{result['seed']}.json", result)
+    monkeypatch.setattr(growth_past, "RESULTS", tmp_path)
+    monkeypatch.setattr(growth_past, "data_dir", lambda corpus: tmp_path / corpus)
+    monkeypatch.setattr(harness, "corpus_entropy", lambda data: H)
+    text = growth_past.write_summary().read_text()
+    assert "- (G1) **PASS**" in text
+    row = next(line for line in text.splitlines() if line.startswith("| linux | 2 |"))
+    assert row.count(", 0.50") == 3  # compound reaches each target at half the fixed run's FLOPs
+    assert (tmp_path / "loss.png").stat().st_size > 10_000
