@@ -335,27 +335,26 @@ def test_an_unmeasurable_reward_stops_a_policy_that_plays_arms(tmp_path, policy,
         assert controller.step(model, 0, 1, measure=lambda module: float("nan")) == FIRST_PSI
 
 
-def test_progress_line_per_interaction_on_stderr(tmp_path):
-    """One INFO line per interaction, on stderr: update/max-update, ψ in force, the last reward,
-    time elapsed and left."""
+def test_progress_line_per_interaction_on_stderr(tmp_path, capsys):
+    """One INFO line per interaction, on stderr (the package's own handler, whatever the root
+    logger's level): update/max-update, ψ in force, the last reward, time elapsed and left."""
     import logging
 
-    lines = []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())
-    logging.getLogger("gpts_fairseq.progress").addHandler(handler)
+    progress = logging.getLogger("gpts_fairseq.progress")
+    saved = progress.handlers[:], progress.level, progress.propagate
+    progress.handlers.clear()  # as in a fresh interpreter, whatever ran before this test
     try:
         controller, calls = _controller(tmp_path, max_update=40), []
         _drive(controller, range(12), calls)
+        lines = [line.split(" | ")[-1] for line in capsys.readouterr().err.splitlines() if "gpts_fairseq.progress" in line]
+        assert [(type(h), h.stream) for h in progress.handlers] == [(logging.StreamHandler, sys.stderr)]
     finally:
-        logging.getLogger("gpts_fairseq.progress").removeHandler(handler)
+        progress.handlers[:], progress.level, progress.propagate = saved
     assert len(lines) == 2 and lines[0].startswith("gpts: update 5/40, psi rho=")
     history = read_history(tmp_path)
     assert f"last reward {history[1]['reward']:.5f}" in lines[1] and " elapsed, ~" in lines[1] and lines[1].endswith(" left")
     rho = history[1]["next_psi"]["mask_prob"]
     assert f"psi rho={rho:.3f}" in lines[1]
-    assert any(isinstance(h, logging.StreamHandler) and h.stream is sys.stderr
-               for h in logging.getLogger("gpts_fairseq.progress").handlers)
 
 
 @pytest.mark.parametrize("changed, message", [
