@@ -27,6 +27,16 @@ def test_hook_registers_task_and_criterion_when_fairseq_is_imported():
     assert disabled.stdout.split()[-1] == "False"
 
 
+def test_hook_registers_when_a_gpts_fairseq_module_imports_fairseq_first():
+    """The controller imports fairseq while it is itself mid-import: registering then would be a
+    circular import (it was a RuntimeWarning and no task). The hook waits for the next import."""
+    proc = python("import warnings; warnings.simplefilter('error', RuntimeWarning)\n"
+                  "import gpts_fairseq.interactions.controller\n"
+                  "import wave  # any import after it\n"
+                  "import fairseq.tasks as t; print('gpts_mlm' in t.TASK_REGISTRY)")
+    assert proc.returncode == 0 and proc.stdout.split()[-1] == "True", proc.stderr[-2000:]
+
+
 def test_hook_costs_nothing_without_fairseq():
     proc = python("import sys; print(sorted(m for m in ('torch', 'fairseq', 'gpts_fairseq.tasks') if m in sys.modules))")
     assert proc.stdout.strip() == "[]", proc.stderr

@@ -29,8 +29,11 @@ def build_run_policy(fairseq_args: Sequence[str]):
     from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
+    from .._fairseq_hook import register
     from ..interactions.options import build_policy, validate_config
     from ..masking.options import first_psi
+
+    register()  # --task gpts_mlm must parse, whatever imported fairseq first
 
     args, skip = [], False
     for arg in fairseq_args:
