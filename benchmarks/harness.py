@@ -44,6 +44,7 @@ from typing import Callable, Sequence
 from benchmarks import corpora
 from gpts_fairseq.events import EVENTS_FILE, read_events
 from gpts_fairseq.report.history import RunInfo, iter_log_records
+from gpts_fairseq.report.summary import format_duration
 
 SCHEMA = 1
 REPO_ROOT = corpora.REPO_ROOT
@@ -343,12 +344,7 @@ def progress_line(spec: RunSpec, result: dict, done: int, total: int, walls: Seq
     final = f"final {result['val_curve'][-1][1]:.3f} bits" if result.get("val_curve") else "no validation"
     mean = statistics.fmean(walls)
     return (f"[{done}/{total}] {spec.corpus} {spec.arm} seed {spec.seed}: {final}, {result['wall_time_s']:.0f} s; "
-            f"mean {mean:.0f} s/run, ~{_duration(mean * left / jobs)} left")
-
-
-def _duration(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+            f"mean {mean:.0f} s/run, ~{format_duration(mean * left / jobs)} left")
 
 
 def check(*rules: tuple[bool, str]) -> None:

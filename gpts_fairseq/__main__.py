@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .report.summary import format_duration
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 WORD = re.compile(r"[A-Za-z_]+|\d+|[^\sA-Za-z_\d]")
 
@@ -204,13 +206,9 @@ def monitor(runs: list[DemoRun], estimate_s: float) -> int:
             done = min(updates for updates, _ in progress)
             # time left: the slowest run's pace so far (start-up included), else the estimate
             left = (now - started) * (DEMO_UPDATES - done) / done if done else estimate_s - (now - started)
-            print(f"  [{_clock(now - started)} elapsed, ~{_clock(max(left, 0))} left] "
+            print(f"  [{format_duration(now - started)} elapsed, ~{format_duration(max(left, 0))} left] "
                   + " | ".join(status for _, status in progress), flush=True)
     return 0
-
-
-def _clock(seconds: float) -> str:
-    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
 
 
 def demo(out: Path) -> int:
@@ -240,7 +238,7 @@ def demo(out: Path) -> int:
     if code:
         return code
     train_end = time.time()
-    print(f"[3/3] report ({_clock(train_end - started)} so far)", flush=True)
+    print(f"[3/3] report ({format_duration(train_end - started)} so far)", flush=True)
     loaded = [load_run(run.save) for run in runs]
     finals = [run.final_val_loss for run in loaded if run.final_val_loss is not None]
     plateau = plateau_note(min(finals), max(finals), unigram, previous)
@@ -249,8 +247,8 @@ def demo(out: Path) -> int:
     print()
     print(" ".join(report_verdict(loaded)))
     print(plateau)
-    print(f"\ndone in {_clock(time.time() - started)} (training {_clock(train_end - runs[0].started)}; "
-          f"estimated {_clock(estimate)}): report {summary}, figures in {summary.parent}")
+    print(f"\ndone in {format_duration(time.time() - started)} (training {format_duration(train_end - runs[0].started)}; "
+          f"estimated {format_duration(estimate)}): report {summary}, figures in {summary.parent}")
     return 0
 
 

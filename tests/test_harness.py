@@ -127,7 +127,7 @@ def test_a_suite_resumes_finished_runs_restart_killed_ones_and_reports_progress(
     assert not (killed / "stale.pt").exists()
     assert lines[0].startswith("1 of 4 runs finished earlier; 3 to run")
     assert [line.split("]")[0] for line in lines[1:]] == ["[2/4", "[3/4", "[4/4"]
-    assert "final 5.000 bits, 3 s; mean 3 s/run" in lines[1] and lines[-1].endswith("~0 min left")
+    assert "final 5.000 bits, 3 s; mean 3 s/run" in lines[1] and lines[-1].endswith("~0m00s left")
     fake.calls.clear()
     assert harness.run_suite(specs, results, work, print_fn=lines.append) == out and fake.calls == []
     other = [harness.RunSpec(**{**s.__dict__, "budget_updates": 6}) for s in specs]

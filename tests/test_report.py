@@ -37,6 +37,7 @@ from gpts_fairseq.report.history import (  # noqa: E402
 from gpts_fairseq.report.plots import choose_interactions  # noqa: E402
 from gpts_fairseq.report.summary import (  # noqa: E402
     final_loss,
+    format_duration,
     mean_curve,
     one_sided_upper_bound,
     reference_target,
@@ -146,6 +147,12 @@ def test_numbers_by_hand(runs_root):
     gp = [r for r in runs if r.info.label == "gp-ts-rho"]
     assert [updates_to_reach(r.val_curve, target) for r in gp] == [30, 40]
     assert [loss for _, loss in mean_curve(gp)] == pytest.approx([9.55, 8.05, 7.58, 7.3])
+
+
+@pytest.mark.parametrize("seconds, says", [(0, "0m00s"), (59.6, "1m00s"), (247, "4m07s"), (3599.4, "59m59s"),
+                                            (3600, "1h00m"), (3 * 3600 + 5 * 60 + 59, "3h05m"), (-3, "0m00s")])
+def test_durations_print_one_way(seconds, says):
+    assert format_duration(seconds) == says
 
 
 def test_final_loss_of_the_last_validations_and_the_one_sided_bound():

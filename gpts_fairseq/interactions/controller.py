@@ -34,6 +34,7 @@ from ..bandit.loop import BOUNDARY_COUNTERS, InteractionLoop
 from ..masking.spec import PSI_FIELDS, Psi
 from ..option_changes import option_changes
 from ..report.history import HISTORY_FILE, parse_interaction
+from ..report.summary import format_duration
 from ..runtime import broadcast_from_leader, data_parallel_rank_and_size, fork_rngs, is_leader, unwrap_model
 from .options import ARM_POLICIES
 
@@ -164,8 +165,8 @@ class InteractionController:
         reward = "none" if record["reward"] is None else f"{record['reward']:.5f}"
         started, progress_then = self._clock
         elapsed, progress = time.monotonic() - started, self.progress(update, epoch)
-        left = "?" if progress <= progress_then else _duration(elapsed * (1 - progress) / (progress - progress_then))
-        return f"gpts: {done}, psi {psi}, last reward {reward}, {_duration(elapsed)} elapsed, ~{left} left"
+        left = "?" if progress <= progress_then else format_duration(elapsed * (1 - progress) / (progress - progress_then))
+        return f"gpts: {done}, psi {psi}, last reward {reward}, {format_duration(elapsed)} elapsed, ~{left} left"
 
     def _due(self, update: int, epoch: int) -> bool:
         if self.interaction_updates > 0:
@@ -275,12 +276,6 @@ class InteractionController:
                         f"the interactions continue from update {update + self.update_offset}")
         if epoch < self.epoch:
             self.epoch_offset += self.epoch - epoch
-
-
-def _duration(seconds: float) -> str:
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
 
 
 def _log_progress(line: str):

@@ -112,6 +112,14 @@ def format_loss(mean: float | None, std: float | None) -> str:
     return _fmt(mean) if std is None else f"{_fmt(mean)} ± {_fmt(std)}"
 
 
+def format_duration(seconds: float) -> str:
+    """``1h05m`` from an hour on, else ``4m07s``: every elapsed and time-left figure the package
+    and the benchmarks print."""
+    minutes, seconds = divmod(int(round(max(seconds, 0.0))), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
 def format_reach(updates: int | None, budget: int | None, target: float | None) -> str:
     if target is None:
         return "no target"
