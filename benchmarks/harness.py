@@ -412,6 +412,39 @@ def paired_mean_curve(curves: dict, reference: dict, mean=statistics.fmean, ever
     return [(u, mean(v)) for u, v in sorted(by_update.items()) if len(v) == count]
 
 
+def plot_paired_deltas(curves: dict, reference: str, path: Path, ylabel: str, every_seed: bool = False,
+                       bold: Callable[[str], bool] = lambda arm: False, symlog: float | None = None,
+                       title: str | None = None) -> Path:
+    """One panel per group (corpus or direction) of ``curves`` ({group: {arm: {seed: curve}}}):
+    each arm's validation loss minus ``reference``'s of the same seed, averaged over seeds
+    (:func:`paired_mean_curve`), against updates; below 0 = ahead of ``reference``. ``bold`` arms
+    are drawn solid and thick; ``symlog``: linear within that many bits of 0, log beyond."""
+    order = list(dict.fromkeys(arm for arms in curves.values() for arm in arms))  # one colour per arm
+    with panels(len(curves), (5.2, 4.2), path) as (fig, axes, plt):
+        colours = plt.get_cmap("tab10")
+        for ax, (group, arms) in zip(axes, curves.items()):
+            for arm, seeds in arms.items():
+                if arm != reference and (curve := paired_mean_curve(seeds, arms.get(reference, {}),
+                                                                    every_seed=every_seed)):
+                    ax.plot([u for u, _ in curve], [d for _, d in curve], color=colours(order.index(arm) % 10),
+                            lw=2.2 if bold(arm) else 1.1, ls="-" if bold(arm) else "--", label=arm)
+            ax.axhline(0.0, color="k", lw=0.8)
+            count = len({seed for seeds in arms.values() for seed in seeds})
+            ax.set_title(f"{group} ({count} seed{'s' if count != 1 else ''})", fontsize=10)
+            ax.set_xlabel("update")
+            if symlog:
+                ax.set_yscale("symlog", linthresh=symlog)
+        axes[0].set_ylabel(ylabel)
+        handles = {}
+        for ax in axes:
+            handles.update(zip(*reversed(ax.get_legend_handles_labels())))
+        fig.legend(handles.values(), handles.keys(), fontsize=7, loc="lower center", ncol=len(handles))
+        if title:
+            fig.suptitle(title, fontsize=9)
+        fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return path
+
+
 @contextmanager
 def panels(count: int, size: tuple[float, float], path: Path):
     """A figure of ``count`` panels side by side, each ``size`` inches, saved to ``path`` (dpi 110)

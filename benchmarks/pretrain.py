@@ -522,7 +522,12 @@ def write_summary(results_root: Path, work_root: Path = DEFAULT_WORK) -> Path:
                   "", "## Final losses", "", final_table(per_corpus), "",
                   "## Same-seed blocks (final loss, bits)", "", block_table(per_corpus), "",
                   "## Compute", "", compute_table(per_corpus), ""]
-        figure = plot_paired_deltas(per_corpus, results_root / "delta_vs_constant.png")
+        figure = harness.plot_paired_deltas(
+            {corpus: {label: {r.info.seed: r.val_curve for r in runs if r.info.label == label} for label in _labels(runs)}
+             for corpus, runs in per_corpus.items()}, REFERENCE_POLICY, results_root / "delta_vs_constant.png",
+            "val loss − constant-0.15 (same seed), bits", bold=lambda label: label.startswith("gp-ts"),
+            symlog=SYMLOG_LINEAR_BITS,  # plateau gaps are hundredths of a bit, after the escape whole bits
+            title="validation loss relative to constant-0.15 (same seed, mean over seeds; < 0 = better)")
         lines += [f"![validation loss minus constant-0.15's, same seed]({figure.name})", ""]
     for corpus, runs in per_corpus.items():
         target = reference_target(runs)
@@ -542,39 +547,6 @@ def write_summary(results_root: Path, work_root: Path = DEFAULT_WORK) -> Path:
     summary.parent.mkdir(parents=True, exist_ok=True)
     summary.write_text("\n".join(lines))
     return summary
-
-
-def paired_delta_curve(runs, label):
-    """(update, mean over seeds of loss - constant-0.15's loss of the same seed at that update)."""
-    ref = {r.info.seed: dict(r.val_curve) for r in runs if r.info.label == REFERENCE_POLICY}
-    return harness.paired_mean_curve({r.info.seed: r.val_curve for r in runs if r.info.label == label}, ref)
-
-
-def plot_paired_deltas(per_corpus: dict, path: Path) -> Path:
-    """One panel per corpus: each policy's validation loss minus constant-0.15's (same seed),
-    averaged over seeds, over updates. Below zero = ahead of fixed 15% masking."""
-    with harness.panels(len(per_corpus), (5.2, 4.2), path) as (fig, axes, plt):
-        cmap = plt.get_cmap("tab10")
-        for ax, (corpus, runs) in zip(axes, per_corpus.items()):
-            for label in _labels(runs):
-                if label != REFERENCE_POLICY and (curve := paired_delta_curve(runs, label)):
-                    gp = label.startswith("gp-ts")
-                    ax.plot([u for u, _ in curve], [d for _, d in curve], lw=2.2 if gp else 1.1, ls="-" if gp else "--",
-                            color=cmap(_policy_order(label) % 10), label=label)
-            ax.axhline(0.0, color="k", lw=0.8)
-            seeds = len({r.info.seed for r in runs})
-            ax.set_title(f"{corpus} ({seeds} seed{'s' if seeds != 1 else ''})", fontsize=10)
-            ax.set_xlabel("update")
-            # plateau gaps are hundredths of a bit, after the escape whole bits: linear near 0, log beyond
-            ax.set_yscale("symlog", linthresh=SYMLOG_LINEAR_BITS)
-        axes[0].set_ylabel("val loss − constant-0.15 (same seed), bits")
-        handles = {}
-        for ax in axes:
-            handles.update(zip(*reversed(ax.get_legend_handles_labels())))
-        fig.legend(handles.values(), handles.keys(), fontsize=7, loc="lower center", ncol=len(handles))
-        fig.suptitle("validation loss relative to constant-0.15 (same seed, mean over seeds; < 0 = better)", fontsize=9)
-        fig.tight_layout(rect=(0, 0.07, 1, 1))
-    return path
 
 
 def _settings_line(runs) -> str:

@@ -128,23 +128,6 @@ def criteria(per_corpus: dict) -> list[str]:
             f"**{verdict(complete, sum(pairs) >= 7)}** ({sum(pairs)} of {len(pairs)})"]
 
 
-def plot(per_corpus: dict, path: Path) -> None:
-    with harness.panels(len(per_corpus), (5, 3.6), path) as (fig, axes, _):
-        for ax, (corpus, runs) in zip(axes, per_corpus.items()):
-            full = {seed: run["val_curve"] for seed, run in runs.get("full", {}).items()}
-            for arm in (a for a in ARMS if a != "full" and a in runs):
-                curve = harness.paired_mean_curve({s: r["val_curve"] for s, r in runs[arm].items()}, full,
-                                                  mean=statistics.mean, every_seed=True)
-                if curve:
-                    ax.plot([u for u, _ in curve], [d for _, d in curve], label=arm)
-            ax.axhline(0.0, color="grey", lw=0.8)
-            ax.set_title(corpus)
-            ax.set_xlabel("update")
-            ax.set_ylabel("valid loss − full data's (bits, same seed)")
-            ax.legend(fontsize=7)
-        fig.tight_layout()
-
-
 def write_summary(results: Path) -> Path:
     per_corpus = {c: runs for c in corpora.CORPORA if (runs := load(results, c))}
     lines = ["# Informative subsets: 25 % of the blocks vs the full data, one full-data epoch of updates", "",
@@ -161,7 +144,10 @@ def write_summary(results: Path) -> Path:
               f"{row['delta_mean']:+.4f} ({row['delta_lower']}/{row['delta_pairs']})",
               f"{row['selection_s']:.1f}", f"{row['selection_updates']:.0f}"] for row in rows]), ""]
     if per_corpus:
-        plot(per_corpus, results / "delta_vs_full.png")
+        harness.plot_paired_deltas({corpus: {arm: {seed: run["val_curve"] for seed, run in runs[arm].items()}
+                                             for arm in ARMS if arm in runs} for corpus, runs in per_corpus.items()},
+                                   "full", results / "delta_vs_full.png", "valid loss − full data's (bits, same seed)",
+                                   every_seed=True)
         lines.append("![validation loss minus full data's, same seed](delta_vs_full.png)")
     harness.write_json(results / "summary.json", {"criteria": criteria(per_corpus), "tables": table})
     path = results / "summary.md"

@@ -185,26 +185,6 @@ def charged(result: dict, update: int) -> float:
     return update + (spent / result["seconds_per_update"] if spent else 0.0)
 
 
-def plot_deltas(results: Sequence[dict], path: Path) -> Path:
-    """One panel per corpus: each arm's validation loss minus random-online's (same seed, mean
-    over the seeds every one of which validated there) against updates."""
-    names = list(dict.fromkeys(r["corpus"] for r in results))
-    with harness.panels(len(names), (5.2, 3.8), path) as (fig, axes, _):
-        for ax, corpus in zip(axes, names):
-            curves = {arm: {r["seed"]: r["val_curve"] for r in results if (r["corpus"], r["arm"]) == (corpus, arm)}
-                      for arm in ARMS}
-            for arm in (a for a in ARMS if a != "random-online"):
-                if curve := harness.paired_mean_curve(curves[arm], curves["random-online"], every_seed=True):
-                    ax.plot([u for u, _ in curve], [d for _, d in curve], lw=1.2, label=arm)
-            ax.axhline(0.0, color="k", lw=0.8)
-            ax.set_title(corpus)
-            ax.set_xlabel("update")
-            ax.legend(fontsize=7)
-        axes[0].set_ylabel("val loss − random-online's (same seed), bits")
-        fig.tight_layout()
-    return path
-
-
 def table(results: Sequence[dict], corpus: str) -> list[str]:
     by = _by(results)
     lines = [f"## {corpus}", "", "| arm | seeds | final (bits) | Δ random-online, same seed | selection (updates) |",
@@ -235,7 +215,10 @@ def write_summary(corpora_names: Sequence[str] = past_plateau.CORPORA) -> Path:
     if results:
         loss = past_plateau.plot_curves(results, entropy, RESULTS / "loss.png", "charged compute (update-equivalents)",
                                         charged)
-        deltas = plot_deltas(results, RESULTS / "delta_vs_random_online.png")
+        deltas = harness.plot_paired_deltas(
+            {corpus: {arm: {r["seed"]: r["val_curve"] for r in results if (r["corpus"], r["arm"]) == (corpus, arm)}
+                      for arm in ARMS} for corpus in corpora_names}, "random-online",
+            RESULTS / "delta_vs_random_online.png", "val loss − random-online's (same seed), bits", every_seed=True)
         lines += ["## Below the previous-token entropy", "", past_plateau.plateau_table(results, entropy), "",
                   f"![loss against charged compute]({loss.name})", "",
                   f"![loss minus random-online's, same seed]({deltas.name})", ""]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks import continued, past_plateau, power, subsets_past
+from benchmarks import continued, harness, past_plateau, power, subsets_past
 
 H = 3.5  # every corpus' entropy in these results
 
@@ -105,7 +105,10 @@ def test_plateau_table_and_plots_of_the_results(tmp_path):
     assert subsets_past.charged(next(r for r in results if r["arm"] == "full"), 300) == 300
     for path in (past_plateau.plot_curves(results, {"wikitext-2": H, "linux": H}, tmp_path / "loss.png",
                                           x=subsets_past.charged),
-                 subsets_past.plot_deltas(results, tmp_path / "deltas.png")):
+                 harness.plot_paired_deltas({"linux": {arm: {r["seed"]: r["val_curve"] for r in results
+                                                             if (r["corpus"], r["arm"]) == ("linux", arm)}
+                                                       for arm in subsets_past.ARMS}},
+                                            "random-online", tmp_path / "deltas.png", "Δ", every_seed=True)):
         assert path.stat().st_size > 10_000
 
 
