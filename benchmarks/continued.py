@@ -154,8 +154,8 @@ def write_summary() -> Path:
                 lines.append(f"| {direction} | {name} | {len(mine)} | {statistics.fmean(finals):.4f}{spread} | "
                              f"{statistics.fmean(r['charged']['charged_update_equivalents'] for r in mine):.0f} |")
     if runs := [r for r in results if r["arm"] in POLICIES]:
-        figure = past_plateau.plot_curves(runs, entropies, RESULTS / "loss.png", "charged compute (update-equivalents)",
-                                          charged_at)
+        figure = harness.plot_curves(runs, RESULTS / "loss.png", "charged compute (update-equivalents)", charged_at,
+                                     entropies)
         lines += ["", "## Below the target's previous-token entropy", "", past_plateau.plateau_table(results, entropies),
                   "", f"![loss against charged compute]({figure.name})"]
     return past_plateau.write_summary(RESULTS, lines)

@@ -16,7 +16,6 @@ Results: ``benchmarks/results/growth/<corpus>/<arm>/seed<k>.json``, ``summary.{j
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -198,23 +197,12 @@ def write_summary(results_root: Path) -> dict:
 
 
 def plot(results_root: Path) -> None:
-    """Seed-mean validation loss over training FLOPs, one panel per corpus."""
-    if not (corpus_dirs := [c for c in corpora.CORPORA if (results_root / c).is_dir()]):
-        return
-    with harness.panels(len(corpus_dirs), (5, 4), results_root / "growth.png") as (fig, axes, _):
-        for ax, corpus in zip(axes, corpus_dirs):
-            for arm in ARMS:
-                if results := [json.loads(p.read_text()) for p in sorted((results_root / corpus / arm).glob("seed*.json"))]:
-                    length = min(len(r["curve"]) for r in results)
-                    flops = [results[0]["curve"][i]["flops"] / 1e12 for i in range(length)]
-                    loss = [statistics.fmean(r["curve"][i]["loss"] for r in results) for i in range(length)]
-                    ax.plot(flops, loss, label=f"{arm} ({len(results)} seeds)", lw=2 if arm == "compound" else 1.2)
-            ax.set_title(corpus)
-            ax.set_xlabel("training TFLOPs")
-            ax.set_ylim(top=min(ax.get_ylim()[1], 6.5))
-        axes[0].set_ylabel("validation loss (bits, reference masking)")
-        axes[-1].legend(fontsize=8)
-        fig.tight_layout()
+    """Seed-mean validation loss over training FLOPs, one panel per corpus (``curve`` holds
+    each validation; results written before the harness have no ``val_curve``)."""
+    if results := [dict(r, val_curve=[[p["update"], p["loss"]] for p in r["curve"]])
+                   for corpus in corpora.CORPORA for r in harness.load_results(results_root, corpus)]:
+        harness.plot_curves(results, Path(results_root) / "growth.png", "training TFLOPs",
+                            lambda r, update: flops_at(r["schedule"], update) / 1e12)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -147,8 +147,8 @@ def write_summary(corpora_names: Sequence[str] = past_plateau.CORPORA) -> Path:
                       [[corpus, seed, *(f"{t:.3f}, {ratio(compound, fixed, t):.2f}" for t in targets(fixed))]
                        for corpus, seed, fixed, compound in pairs])]
     if runs := [r for r in results if r["arm"] in ARMS]:
-        figure = past_plateau.plot_curves(runs, entropy, RESULTS / "loss.png", "training TFLOPs",
-                                          lambda r, update: growth.flops_at(r["schedule"], update) / 1e12)
+        figure = harness.plot_curves(runs, RESULTS / "loss.png", "training TFLOPs",
+                                     lambda r, update: growth.flops_at(r["schedule"], update) / 1e12, entropy)
         lines += ["", f"![loss against training FLOPs]({figure.name})"]
     return past_plateau.write_summary(RESULTS, lines)
 

@@ -412,6 +412,31 @@ def paired_mean_curve(curves: dict, reference: dict, mean=statistics.fmean, ever
     return [(u, mean(v)) for u, v in sorted(by_update.items()) if len(v) == count]
 
 
+def plot_curves(results: Sequence[dict], path: Path, xlabel: str = "update",
+                x: Callable[[dict, int], float] = lambda result, update: update,
+                entropy: dict[str, float] | None = None) -> Path:
+    """One panel per corpus: each arm's seed-mean validation loss at the updates all its seeds
+    validated, against the seed mean of ``x(result, update)`` (default the update; e.g. charged
+    compute or FLOPs); with ``entropy``, the corpus' previous-token entropy dashed."""
+    names = list(dict.fromkeys(r["corpus"] for r in results))
+    with panels(len(names), (5.2, 3.8), path) as (fig, axes, _):
+        for ax, corpus in zip(axes, names):
+            for arm in dict.fromkeys(r["arm"] for r in results if r["corpus"] == corpus):
+                runs = [r for r in results if (r["corpus"], r["arm"]) == (corpus, arm)]
+                curves = [{int(u): float(loss) for u, loss in r["val_curve"]} for r in runs]
+                shared = sorted(set.intersection(*map(set, curves)))
+                ax.plot([statistics.fmean(x(r, u) for r in runs) for u in shared],
+                        [statistics.fmean(c[u] for c in curves) for u in shared], lw=1.2, label=f"{arm} ({len(runs)})")
+            if entropy:
+                ax.axhline(entropy[corpus], color="grey", ls="--", lw=0.8, label="H(X_i∣X_i−1)")
+            ax.set_title(corpus)
+            ax.set_xlabel(xlabel)
+            ax.legend(fontsize=7)
+        axes[0].set_ylabel("validation loss, bits (reference masking, seed mean)")
+        fig.tight_layout()
+    return path
+
+
 def plot_paired_deltas(curves: dict, reference: str, path: Path, ylabel: str, every_seed: bool = False,
                        bold: Callable[[str], bool] = lambda arm: False, symlog: float | None = None,
                        title: str | None = None) -> Path:

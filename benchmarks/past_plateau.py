@@ -12,7 +12,7 @@ import argparse
 import os
 import statistics
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from benchmarks import harness, power, pretrain
 from benchmarks.harness import Verdict
@@ -105,29 +105,6 @@ def plateau_table(results: Sequence[dict], entropy: dict[str, float]) -> str:
          "first validation below H (latest seed)"], "llrrrr",
         [[corpus, arm, len(got), f"{entropy[corpus]:.3f}", f"{min(s for s, _ in got):.0%}–{max(s for s, _ in got):.0%}",
           "never" if any(f is None for _, f in got) else max(f for _, f in got)] for (corpus, arm), got in rows.items()])
-
-
-def plot_curves(results: Sequence[dict], entropy: dict[str, float], path: Path, xlabel: str = "update",
-                x: Callable[[dict, int], float] = lambda result, update: update) -> Path:
-    """One panel per corpus: each arm's seed-mean validation loss at the updates all its seeds
-    validated, against the seed mean of ``x(result, update)`` (default the update; e.g. charged
-    compute or FLOPs), with the corpus' previous-token entropy dashed."""
-    names = list(dict.fromkeys(r["corpus"] for r in results))
-    with harness.panels(len(names), (5.2, 3.8), path) as (fig, axes, _):
-        for ax, corpus in zip(axes, names):
-            for arm in dict.fromkeys(r["arm"] for r in results if r["corpus"] == corpus):
-                runs = [r for r in results if (r["corpus"], r["arm"]) == (corpus, arm)]
-                curves = [{int(u): float(loss) for u, loss in r["val_curve"]} for r in runs]
-                shared = sorted(set.intersection(*map(set, curves)))
-                ax.plot([statistics.fmean(x(r, u) for r in runs) for u in shared],
-                        [statistics.fmean(c[u] for c in curves) for u in shared], lw=1.2, label=f"{arm} ({len(runs)})")
-            ax.axhline(entropy[corpus], color="grey", ls="--", lw=0.8, label="H(X_i∣X_i−1)")
-            ax.set_title(corpus)
-            ax.set_xlabel(xlabel)
-            ax.legend(fontsize=7)
-        axes[0].set_ylabel("validation loss, bits (reference masking, seed mean)")
-        fig.tight_layout()
-    return path
 
 
 def parse_args(doc: str, argv: Sequence[str] | None, only: tuple[str, str], corpora: bool = True) -> argparse.Namespace:

@@ -213,8 +213,8 @@ def write_summary(corpora_names: Sequence[str] = past_plateau.CORPORA) -> Path:
     for corpus in corpora_names:
         lines += table(results, corpus)
     if results:
-        loss = past_plateau.plot_curves(results, entropy, RESULTS / "loss.png", "charged compute (update-equivalents)",
-                                        charged)
+        loss = harness.plot_curves(results, RESULTS / "loss.png", "charged compute (update-equivalents)", charged,
+                                   entropy)
         deltas = harness.plot_paired_deltas(
             {corpus: {arm: {r["seed"]: r["val_curve"] for r in results if (r["corpus"], r["arm"]) == (corpus, arm)}
                       for arm in ARMS} for corpus in corpora_names}, "random-online",

@@ -103,8 +103,8 @@ def test_plateau_table_and_plots_of_the_results(tmp_path):
     assert subsets_past.charged(ingenious, 0) == pytest.approx(50.0)  # 5 s of selection at 0.1 s an update
     assert subsets_past.charged(ingenious, 300) == pytest.approx(350.0)
     assert subsets_past.charged(next(r for r in results if r["arm"] == "full"), 300) == 300
-    for path in (past_plateau.plot_curves(results, {"wikitext-2": H, "linux": H}, tmp_path / "loss.png",
-                                          x=subsets_past.charged),
+    for path in (harness.plot_curves(results, tmp_path / "loss.png", x=subsets_past.charged,
+                                     entropy={"wikitext-2": H, "linux": H}),
                  harness.plot_paired_deltas({"linux": {arm: {r["seed"]: r["val_curve"] for r in results
                                                              if (r["corpus"], r["arm"]) == ("linux", arm)}
                                                        for arm in subsets_past.ARMS}},
