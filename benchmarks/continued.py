@@ -128,7 +128,8 @@ def score(results: Sequence[dict], policy: str, entropies: dict[str, float],
     m = pretrain.masking_criteria({(r["corpus"], r["arm"], r["seed"]): r for r in results}, list(DIRECTIONS), seeds,
                                   policy, charged_at, len(DIRECTIONS), need)
     a = Verdict("a", m.a, f"≤ {pretrain.COMPUTE_SHARE:.0%} of the compute on {m.a_passed} of {len(m.a_notes)} complete "
-                f"directions (need {len(DIRECTIONS)}) — " + "; ".join(m.a_notes.values()))
+                f"directions (need {len(DIRECTIONS)}) — "
+                + ("; ".join(m.a_notes.values()) or "none complete yet"))
     b = past_plateau.bound_verdict("b", m.gaps, pretrain.BOUND_LEVEL, pretrain.BOUND_BITS, wanted, strict=False,
                                    what="gap to the best fixed rho, bits")
     c = Verdict("c", m.c, f"lower final loss than random on {m.wins} of {m.pairs} same-seed pairs (need ≥ {need} of {wanted})")
