@@ -10,15 +10,21 @@ it keeps only its arms, its protocol and its scoring. Guarantees:
   cumulative train seconds]]), ``compute`` (``update_s``: median seconds per update from
   fairseq's throughput; ``forward_cost_updates``: a validation forward over one batch, in
   updates; ``updates``; ``train_wall_s``), ``events`` (every ``SAVE/gpts_<name>_events.jsonl``
-  as ``{name: records}``) and ``warm_start`` (null or its record), plus the driver's
-  ``finish(save_dir, result)`` fields. Only exit code 0 (or the driver's own ``stop``) is a
-  finished run; it must have validated at its last update unless it runs ``--disable-validation``.
+  as ``{name: records}``), ``warm_start`` (null or its record) and ``resumed_at_update`` (null,
+  or the checkpoint a killed run went on from; its ``wall_time_s`` is then the last part's),
+  plus the driver's ``finish(save_dir, result)`` fields. Only exit code 0 (or the driver's own
+  ``stop``) is a finished run; it must have validated at its last update unless it runs
+  ``--disable-validation``.
 - **Fingerprint** (:meth:`RunSpec.fingerprint`): the settings apart from arm options, seed and
   threads, so equal across a comparison whose arms share a budget. A finished result whose
   fingerprint, arm options or seed differ from the spec is refused, naming the file (results
   written before this harness carry none and are taken as they are).
-- **Resumable**: a finished result is never redone; a run killed before its result was written
-  starts again from an empty save dir. **Portable**: no machine path in a result (checked on write).
+- **Resumable**: a finished result is never redone; a killed run goes on from the checkpoint it
+  saved about every CHECKPOINT_UPDATES updates (:meth:`RunSpec.resume_checkpoints`; the
+  gpts_mlm task resumes exactly, its event files included), or starts again from an empty save
+  dir if it had none or its ``run.json`` holds other arguments. Checkpoints are deleted once the
+  result is written (unless the spec keeps them). **Portable**: no machine path in a result
+  (checked on write).
 - Also: one fairseq log reader (:func:`read_log`), the plateau check
   (:func:`passed_previous_token_entropy`) and a shared warm start (:func:`warm_start`).
 """
@@ -43,7 +49,7 @@ from typing import Callable, Sequence
 
 from benchmarks import corpora
 from gpts_fairseq.events import EVENTS_FILE, read_events
-from gpts_fairseq.report.history import RunInfo, iter_log_records
+from gpts_fairseq.report.history import RUN_INFO_FILE, RunInfo, iter_log_records
 from gpts_fairseq.report.summary import format_duration
 
 SCHEMA = 1
@@ -53,6 +59,7 @@ USER_DIR = REPO_ROOT / "gpts_fairseq"
 WORK_ROOT = Path(os.environ.get("GPTS_WORK_ROOT", Path.home() / ".cache" / "gpts-fairseq" / "runs"))
 LOG_FILE = "train.log"
 POLL_S = 5.0  # how often a run with a stop condition reads its log
+CHECKPOINT_UPDATES = 500  # about how often a run saves the checkpoint a killed run resumes from
 FORWARD_COST = 1 / 3  # a forward pass over a batch, in updates, where fairseq did not time one
 
 Curve = Sequence[tuple[int, float]]
@@ -112,9 +119,21 @@ class RunSpec:
         return [corpora.fairseq_tool("fairseq-train"), str(self.data_dir), "--user-dir", str(USER_DIR),
                 "--task", "gpts_mlm", "--criterion", "gpts_masked_lm", *self.model, *self.fairseq, *self.arm_args,
                 "--max-update", str(self.budget_updates), "--seed", str(self.seed), "--cpu", "--num-workers", "0",
-                *([] if self.keep_checkpoints else ["--no-save"]),
+                *([] if self.keep_checkpoints else self.resume_checkpoints()),
                 *(["--finetune-from-model", str(self.warm_start.checkpoint)] if self.warm_start else []),
                 "--save-dir", str(save_dir), "--log-format", "json", "--log-file", str(Path(save_dir) / LOG_FILE)]
+
+
+    def resume_checkpoints(self) -> list[str]:
+        """fairseq options for the checkpoint a killed run resumes from: ``checkpoint_last.pt``
+        (with fairseq's ``checkpoint_best.pt`` and one interval file) every CHECKPOINT_UPDATES
+        updates, rounded to a multiple of the validation interval (fairseq validates at every
+        mid-epoch save, so no validation is added), none at epoch ends."""
+        args = [*self.model, *self.fairseq, *self.arm_args]
+        every = int(args[args.index("--validate-interval-updates") + 1]) if "--validate-interval-updates" in args else 0
+        interval = every * max(1, round(CHECKPOINT_UPDATES / every)) if every > 0 else CHECKPOINT_UPDATES
+        return ["--save-interval-updates", str(interval), "--keep-interval-updates", "1", "--no-epoch-checkpoints",
+                "--save-interval", "1000000"]
 
 
 def _digest(data) -> str:
@@ -237,7 +256,7 @@ def _train(spec: RunSpec, save_dir: Path, stop: Callable[[Curve], bool] | None) 
     threads = str(spec.threads)
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     start, stopped = time.perf_counter(), False
-    with open(save_dir / "stdout.log", "w") as out:
+    with open(save_dir / "stdout.log", "a") as out:
         proc = subprocess.Popen(spec.command(save_dir), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=save_dir)
         while proc.poll() is None:
             try:
@@ -272,15 +291,19 @@ def run(spec: RunSpec, results_root: Path, work_root: Path = WORK_ROOT,
         _check_done(out, done, spec)
         return done
     save_dir = save_dir_of(work_root, spec)
-    if save_dir.exists():  # a run killed before its result: start over
-        shutil.rmtree(save_dir)
-    save_dir.mkdir(parents=True)
     places = places_of(spec, save_dir, Path(work_root))
     args = portable(spec.command(save_dir)[1:], places)
-    RunInfo(label=spec.arm, seed=spec.seed, corpus=spec.corpus, budget_updates=spec.budget_updates,
-            fairseq_args=args, **spec.report_info).write(save_dir)
+    resumed_at = resume_point(save_dir, args)
+    if resumed_at is None:  # new, or killed before its first checkpoint (or with other settings): start over
+        shutil.rmtree(save_dir, ignore_errors=True)
+        save_dir.mkdir(parents=True)
+        RunInfo(label=spec.arm, seed=spec.seed, corpus=spec.corpus, budget_updates=spec.budget_updates,
+                fairseq_args=args, **spec.report_info).write(save_dir)
     loadavg_before = os.getloadavg()
-    code, stopped, wall = _train(spec, save_dir, stop)
+    if resumed_at is not None and resumed_at >= spec.budget_updates:  # it finished; only its result was lost
+        code, stopped, wall = 0, False, 0.0
+    else:
+        code, stopped, wall = _train(spec, save_dir, stop)
     if code != 0 and not stopped:
         tail = (save_dir / "stdout.log").read_text(errors="replace")[-3000:]
         raise RunFailed(f"fairseq-train failed with exit code {code} ({spec.corpus} {spec.arm} seed {spec.seed}), "
@@ -295,7 +318,7 @@ def run(spec: RunSpec, results_root: Path, work_root: Path = WORK_ROOT,
         "compute": {"update_s": log.update_s, "forward_cost_updates": log.forward_cost_updates,
                     "updates": log.updates, "train_wall_s": log.train_wall_curve[-1][1] if log.train_wall_curve else None},
         "events": {name: read_events(str(save_dir), name) for name in event_names(save_dir)},
-        "warm_start": spec.warm_start.record() if spec.warm_start else None,
+        "warm_start": spec.warm_start.record() if spec.warm_start else None, "resumed_at_update": resumed_at,
     }
     validates = "--disable-validation" not in (*spec.fairseq, *spec.arm_args)
     if validates and not stopped and (not log.val_curve or log.val_curve[-1][0] != spec.budget_updates):
@@ -305,7 +328,21 @@ def run(spec: RunSpec, results_root: Path, work_root: Path = WORK_ROOT,
     result = portable(result, places)
     check_portable(result, places, out)
     write_json(out, result)
+    if not spec.keep_checkpoints:
+        for checkpoint in save_dir.glob("checkpoint*.pt"):
+            checkpoint.unlink()
     return result
+
+
+def resume_point(save_dir: Path, args: Sequence[str]) -> int | None:
+    """The update a killed run resumes from: its ``checkpoint_last.pt``'s, if the save dir's
+    ``run.json`` has the same fairseq arguments; else None."""
+    info, last = Path(save_dir) / RUN_INFO_FILE, Path(save_dir) / "checkpoint_last.pt"
+    if not (info.is_file() and last.is_file() and json.loads(info.read_text()).get("fairseq_args") == list(args)):
+        return None
+    import torch
+
+    return int(torch.load(last, map_location="cpu", weights_only=False)["optimizer_history"][-1]["num_updates"])
 
 
 def event_names(save_dir: Path) -> list[str]:

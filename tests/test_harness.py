@@ -77,7 +77,13 @@ def test_fingerprint_is_shared_by_arms_and_seeds_and_names_the_settings(tmp_path
 def test_command_line_and_bad_specs(tmp_path):
     cmd = _spec(tmp_path, keep_checkpoints=False).command(tmp_path / "save")
     assert cmd[cmd.index("--max-update") + 1] == "4" and cmd[cmd.index("--seed") + 1] == "1"
-    assert "--no-save" in cmd and cmd[cmd.index("--task") + 1] == "gpts_mlm"
+    assert "--no-save" not in cmd and cmd[cmd.index("--task") + 1] == "gpts_mlm"
+    assert cmd[cmd.index("--save-interval-updates") + 1] == "500"  # a multiple of the validation interval, 2
+    every_300 = harness.RunSpec(**{**_spec(tmp_path).__dict__, "fairseq": ("--validate-interval-updates", "300")})
+    assert every_300.resume_checkpoints()[:2] == ["--save-interval-updates", "600"]
+    unvalidated = harness.RunSpec(**{**_spec(tmp_path).__dict__, "fairseq": ()})
+    assert unvalidated.resume_checkpoints()[:2] == ["--save-interval-updates", "500"]
+    assert "--save-interval-updates" not in _spec(tmp_path, keep_checkpoints=True).command(tmp_path / "save")
     warm = harness.WarmStart(tmp_path / "w" / "checkpoint.pt", "f00", 10, 3.0, 3.5, 0.2)
     assert str(tmp_path / "w" / "checkpoint.pt") in _spec(tmp_path, warm_start=warm).command(tmp_path / "save")
     with pytest.raises(ValueError, match="budget_updates must be >= 1"):
@@ -133,6 +139,55 @@ def test_a_suite_resumes_finished_runs_restart_killed_ones_and_reports_progress(
     other = [harness.RunSpec(**{**s.__dict__, "budget_updates": 6}) for s in specs]
     with pytest.raises(ValueError, match="seed1.json was run with other settings .fingerprint"):
         harness.run_suite(other, results, work, print_fn=lines.append)
+
+
+def test_a_killed_run_goes_on_from_its_checkpoint_and_a_finished_one_is_not_retrained(tmp_path, monkeypatch):
+    """A save dir with checkpoint_last.pt and the spec's own run.json is resumed in place (fake
+    fairseq: the log of the first part stays, the second appends); other arguments, or no
+    checkpoint, start over; a checkpoint at the budget is only scored. Checkpoints go after."""
+    spec, results, work = _spec(tmp_path), tmp_path / "results", tmp_path / "work"
+    calls = []
+
+    def killed_at(update):
+        def train(spec, save_dir, stop):
+            calls.append(sorted(p.name for p in save_dir.iterdir()))
+            lines = [_log_line(epoch=1, num_updates=u, train_wall=0.5, wps=1000, wpb=100) +
+                     _log_line(epoch=1, valid_loss=8.0 - u, valid_num_updates=u) for u in range(2, update + 1, 2)]
+            with open(save_dir / harness.LOG_FILE, "a") as log:
+                log.write("".join(lines))
+            torch.save({"optimizer_history": [{"num_updates": update}]}, save_dir / "checkpoint_last.pt")
+            if update < spec.budget_updates:
+                raise KeyboardInterrupt  # killed
+            return 0, False, 3.0
+        return train
+
+    monkeypatch.setattr(harness, "_train", killed_at(2))
+    with pytest.raises(KeyboardInterrupt):
+        harness.run(spec, results, work)
+    save_dir = harness.save_dir_of(work, spec)
+    assert harness.resume_point(save_dir, harness.portable(spec.command(save_dir)[1:],
+                                                           harness.places_of(spec, save_dir, work))) == 2
+    monkeypatch.setattr(harness, "_train", killed_at(4))
+    result = harness.run(spec, results, work)
+    assert calls[1] == ["checkpoint_last.pt", "run.json", "train.log"]  # the first part was kept
+    assert result["resumed_at_update"] == 2 and result["val_curve"] == [[2, 6.0], [4, 4.0]]
+    assert not list(save_dir.glob("*.pt"))
+
+    other = harness.RunSpec(**{**spec.__dict__, "seed": 2})  # another run's save dir would not match
+    other_dir = harness.save_dir_of(work, other)
+    other_dir.mkdir(parents=True)
+    (other_dir / "run.json").write_text(json.dumps({"fairseq_args": ["--other"]}))
+    torch.save({"optimizer_history": [{"num_updates": 2}]}, other_dir / "checkpoint_last.pt")
+    assert harness.run(other, results, work)["resumed_at_update"] is None and calls[-1] == ["run.json"]  # afresh
+
+    finished = harness.RunSpec(**{**spec.__dict__, "seed": 3})
+    monkeypatch.setattr(harness, "_train", killed_at(4))
+    harness.run(finished, results, work)
+    harness.result_path(results, "toy", "a", 3).unlink()  # killed after fairseq ended, before the result
+    torch.save({"optimizer_history": [{"num_updates": 4}]}, harness.save_dir_of(work, finished) / "checkpoint_last.pt")
+    calls.clear()
+    again = harness.run(finished, results, work)
+    assert calls == [] and again["resumed_at_update"] == 4 and again["val_curve"] == [[2, 6.0], [4, 4.0]]
 
 
 def test_share_of_the_budget_below_the_previous_token_entropy(tmp_path):
@@ -203,6 +258,32 @@ def test_arms_from_a_warm_start_begin_with_its_weights(tiny_corpus, tmp_path):
         assert weights.keys() == warm.keys() and all(torch.equal(weights[k], warm[k]) for k in warm)
     cold = one_update("cold", 2, "0.15", None)
     assert not all(torch.equal(cold[k], warm[k]) for k in warm)
+
+
+@pytest.mark.e2e
+def test_a_killed_run_resumes_exactly_with_real_fairseq(tiny_corpus, tmp_path, monkeypatch):
+    """Real fairseq-train: a run whose first part ends at its checkpoint at update 8 (as if killed
+    just after it) and is then run again through the harness validates exactly as a run that
+    was never interrupted."""
+    monkeypatch.setattr(harness, "CHECKPOINT_UPDATES", 8)
+    spec = harness.RunSpec(corpus="tiny", data_dir=tiny_corpus, arm="a", seed=5, budget_updates=16, model=MODEL,
+                           fairseq=("--validate-interval-updates", "4", "--validate-interval", "1000000",
+                                    "--max-valid-steps", "1"), tokenizer="word")
+    whole = harness.run(spec, tmp_path / "whole", tmp_path / "whole-work")
+    real_train = harness._train
+
+    def killed_after_update_8(spec, save_dir, stop):
+        real_train(harness.RunSpec(**{**spec.__dict__, "budget_updates": 8}), save_dir, stop)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(harness, "_train", killed_after_update_8)
+    with pytest.raises(KeyboardInterrupt):
+        harness.run(spec, tmp_path / "parts", tmp_path / "parts-work")
+    monkeypatch.setattr(harness, "_train", real_train)
+    parts = harness.run(spec, tmp_path / "parts", tmp_path / "parts-work")
+    assert parts["resumed_at_update"] == 8 and whole["resumed_at_update"] is None
+    assert parts["val_curve"] == whole["val_curve"] and [u for u, _ in whole["val_curve"]] == [4, 8, 12, 16]
+    assert not list(harness.save_dir_of(tmp_path / "parts-work", spec).glob("*.pt"))
 
 
 # The records of gpts_fairseq.growth and gpts_fairseq.subsets (their EVENT_SCHEMA), by hand.

@@ -48,7 +48,7 @@ def test_pilot_and_every_policy_on_a_user_text(tmp_path, monkeypatch, capsys):
         charged = compute["charged_update_equivalents"]
         assert charged > 2 if policy.uses_rewards else charged == 2
     text_md = (results / "summary.md").read_text()
-    assert "## Pre-registered criteria (gp-ts-trend)" in text_md and "(c) incomplete" in text_md
+    assert "## Pre-registered criteria (gp-ts-trend)" in text_md and "(c) **incomplete**" in text_md
     assert (results / "mine" / "report" / "val_loss.png").is_file()
     # resumable: the pilot and every finished run are recognised, nothing trains again
     monkeypatch.setattr(harness, "_train", lambda *a: pytest.fail("a finished run was rerun"))
