@@ -74,6 +74,8 @@ class ExtensionContext:
     covered every reward batch. ``events(name, schema)``: the event log of an extension
     (``gpts_fairseq.events.EventLog``; written by the first rank only). ``psi()``: the masking
     in force for training. ``updates()``: fairseq's update count (updates finished).
+    ``end_of_epoch()``: whether the training epoch's batches are all used (in ``after_update``:
+    the update just done was the epoch's last).
     """
 
     cfg: Any
@@ -85,6 +87,7 @@ class ExtensionContext:
     events: Callable[[str, dict], Any]
     psi: Callable[[], Any]
     updates: Callable[[], int] = lambda: 0
+    end_of_epoch: Callable[[], bool] = lambda: False
 
 
 class ExtensionDriver:

@@ -47,8 +47,10 @@ class InteractionsExtension(TrainingExtension):
             metrics.log_scalar(name, value, round=3)
 
     def after_update(self, model, update_num: int) -> None:
-        """The last update of a --max-update run ends the interaction in progress."""
-        if update_num + 1 == self.cfg.max_update:
+        """The run's last update (update --max-update, or the last of epoch --max-epoch) ends the
+        interaction in progress."""
+        last_epoch_ends = self.cfg.max_epoch > 0 and self.epoch == self.cfg.max_epoch and self.context.end_of_epoch()
+        if update_num + 1 == self.cfg.max_update or last_epoch_ends:
             self.controller.end(model, update_num + 1, self.epoch, measure=self.context.reference_loss)
 
     def training_psi(self):

@@ -62,7 +62,9 @@ class GPTSMaskedLMTask(MaskedLMTask, ExtensionDriver):
         self.context = ExtensionContext(
             cfg=cfg, dictionary=self.dictionary, save_dir=cfg.save_dir, seed=int(cfg.seed),
             mask_for_reference=self.mask_for_reference, reference_loss=self.reference_loss, events=self._event_log,
-            psi=lambda: self.psi, updates=lambda: self.num_updates)
+            psi=lambda: self.psi, updates=lambda: self.num_updates,
+            end_of_epoch=lambda: self.train_iterator is not None and self.train_iterator.end_of_epoch())
+        self.train_iterator = None  # the training split's epoch iterator (fairseq's EpochBatchIterator)
         self.extensions = [extension(cfg, self.context) for extension in EXTENSIONS if extension.enabled(cfg)]
 
     def _event_log(self, name: str, schema: dict) -> EventLog:
@@ -91,12 +93,14 @@ class GPTSMaskedLMTask(MaskedLMTask, ExtensionDriver):
 
     def get_batch_iterator(self, dataset, *args, **kwargs):
         """The training split's epoch passes through every extension's ``epoch_dataset``."""
-        if self.extensions and dataset is self.datasets.get(self.cfg.train_subset):
-            options = batch_iterator_arguments(self, dataset, args, kwargs)
-            batching = Batching(max_tokens=options["max_tokens"], max_sentences=options["max_sentences"])
-            for extension in self.extensions:
-                dataset = extension.epoch_dataset(dataset, options["epoch"], batching)
-        return super().get_batch_iterator(dataset, *args, **kwargs)
+        if not (self.extensions and dataset is self.datasets.get(self.cfg.train_subset)):
+            return super().get_batch_iterator(dataset, *args, **kwargs)
+        options = batch_iterator_arguments(self, dataset, args, kwargs)
+        batching = Batching(max_tokens=options["max_tokens"], max_sentences=options["max_sentences"])
+        for extension in self.extensions:
+            dataset = extension.epoch_dataset(dataset, options["epoch"], batching)
+        self.train_iterator = super().get_batch_iterator(dataset, *args, **kwargs)
+        return self.train_iterator
 
     # -- masking and the hooks ------------------------------------------------------------------
 
