@@ -129,11 +129,16 @@ class RunSpec:
         (with fairseq's ``checkpoint_best.pt`` and one interval file) every CHECKPOINT_UPDATES
         updates, rounded to a multiple of the validation interval (fairseq validates at every
         mid-epoch save, so no validation is added), none at epoch ends."""
-        args = [*self.model, *self.fairseq, *self.arm_args]
-        every = int(args[args.index("--validate-interval-updates") + 1]) if "--validate-interval-updates" in args else 0
-        interval = every * max(1, round(CHECKPOINT_UPDATES / every)) if every > 0 else CHECKPOINT_UPDATES
+        every = validation_interval([*self.model, *self.fairseq, *self.arm_args])
+        interval = every * max(1, round(CHECKPOINT_UPDATES / every)) if every else CHECKPOINT_UPDATES
         return ["--save-interval-updates", str(interval), "--keep-interval-updates", "1", "--no-epoch-checkpoints",
                 "--save-interval", "1000000"]
+
+
+def validation_interval(args: Sequence[str]) -> int | None:
+    """The ``--validate-interval-updates`` of a fairseq argument list (None: not set)."""
+    args = list(args)
+    return int(args[args.index("--validate-interval-updates") + 1]) if "--validate-interval-updates" in args else None
 
 
 def _digest(data) -> str:
@@ -576,10 +581,9 @@ def warm_start(spec: RunSpec, margin_bits: float, store_root: Path, work_root: P
 
 
 def _checkpoint_every(fairseq: Sequence[str]) -> list[str]:
-    if "--validate-interval-updates" not in fairseq:
+    if not (every := validation_interval(fairseq)):
         raise ValueError("warm_start: the spec's fairseq options need --validate-interval-updates")
-    every = fairseq[list(fairseq).index("--validate-interval-updates") + 1]
-    return ["--save-interval-updates", every, "--no-epoch-checkpoints", "--no-last-checkpoints"]
+    return ["--save-interval-updates", str(every), "--no-epoch-checkpoints", "--no-last-checkpoints"]
 
 
 def checkpoint_at(save_dir: Path, update: int) -> Path | None:

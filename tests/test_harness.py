@@ -4,7 +4,6 @@ progress lines and the shared warm start (fake fairseq-train runs; one real e2e 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -83,6 +82,8 @@ def test_command_line_and_bad_specs(tmp_path):
     assert every_300.resume_checkpoints()[:2] == ["--save-interval-updates", "600"]
     unvalidated = harness.RunSpec(**{**_spec(tmp_path).__dict__, "fairseq": ()})
     assert unvalidated.resume_checkpoints()[:2] == ["--save-interval-updates", "500"]
+    with pytest.raises(ValueError, match="need --validate-interval-updates"):
+        harness.warm_start(unvalidated, 0.5, tmp_path / "store", tmp_path / "work", entropy_bits=3.5)
     assert "--save-interval-updates" not in _spec(tmp_path, keep_checkpoints=True).command(tmp_path / "save")
     warm = harness.WarmStart(tmp_path / "w" / "checkpoint.pt", "f00", 10, 3.0, 3.5, 0.2)
     assert str(tmp_path / "w" / "checkpoint.pt") in _spec(tmp_path, warm_start=warm).command(tmp_path / "save")
