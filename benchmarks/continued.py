@@ -94,11 +94,27 @@ def spec(direction: str, policy: pretrain.Policy, seed: int, budget: int, warm: 
 
 
 def charged(save_dir: Path, result: dict) -> dict:
-    """The harness' ``finish``: the suite's compute accounting (``pretrain.compute_accounting``)."""
+    """The harness' ``finish``: the suite's compute accounting (``pretrain.compute_accounting``)
+    and ``rho_played``, the mask rate in force in each interaction."""
     policy = POLICIES.get(result["arm"], POLICIES[pretrain.REFERENCE_POLICY])
     settings = replace(SETTINGS, budget_updates=result["budget_updates"])
-    return {"charged": pretrain.compute_accounting(result["compute"], load_run(save_dir).interactions, settings,
-                                                   policy)}
+    interactions = load_run(save_dir).interactions
+    return {"charged": pretrain.compute_accounting(result["compute"], interactions, settings, policy),
+            "rho_played": [i.psi["mask_prob"] for i in interactions]}
+
+
+def played_table(results: Sequence[dict], policies: Sequence[str]) -> str:
+    """Per direction and policy: the share of interactions (over seeds) played at each rho."""
+    rows = []
+    for direction in DIRECTIONS:
+        for name in policies:
+            played = [rho for r in results if r["corpus"] == direction and r["arm"] == name
+                      for rho in r.get("rho_played", [])]
+            if played:
+                shares = {rho: played.count(rho) / len(played) for rho in sorted(set(played))}
+                rows.append([direction, name, len(played), ", ".join(f"{rho:.2f}: {share:.0%}"
+                                                                      for rho, share in shares.items())])
+    return harness.md_table(["direction", "policy", "interactions", "share played at each rho"], "llrl", rows)
 
 
 def budget_of(direction: str, warm: harness.WarmStart) -> int:
@@ -157,7 +173,8 @@ def write_summary() -> Path:
     if runs := [r for r in results if r["arm"] in POLICIES]:
         figure = harness.plot_curves(runs, RESULTS / "loss.png", "charged compute (update-equivalents)", charged_at,
                                      entropies)
-        lines += ["", "## Below the target's previous-token entropy", "", past_plateau.plateau_table(results, entropies),
+        lines += ["", "## Mask rates played", "", played_table(results, (*SCORED, "random")),
+                  "", "## Below the target's previous-token entropy", "", past_plateau.plateau_table(results, entropies),
                   "", f"![loss against charged compute]({figure.name})"]
     return past_plateau.write_summary(RESULTS, lines)
 

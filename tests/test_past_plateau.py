@@ -92,6 +92,15 @@ def test_continued_criteria():
     assert a.status == "FAIL" and "target 3.140 not reached" in a.detail
 
 
+def test_continued_played_table():
+    results = [{"corpus": "linux-to-wikitext-2", "arm": "gp-ts-trend", "seed": 1, "rho_played": [0.15, 0.3, 0.3, 0.45]},
+               {"corpus": "linux-to-wikitext-2", "arm": "gp-ts-trend", "seed": 2, "rho_played": [0.3, 0.3, 0.3, 0.3]},
+               {"corpus": "linux-to-wikitext-2", "arm": "constant-0.15", "seed": 1, "rho_played": [0.15]},
+               {"corpus": "wikitext-2-to-linux", "arm": "gp-ts-trend", "seed": 1}]  # no record: no row
+    table = continued.played_table(results, ["gp-ts-trend", "random"]).splitlines()
+    assert table[2:] == ["| linux-to-wikitext-2 | gp-ts-trend | 8 | 0.15: 12%, 0.30: 75%, 0.45: 12% |"]
+
+
 def test_plateau_table_and_plots_of_the_results(tmp_path):
     results = _subsets(0.03, above=True)  # full seed 1 starts at 4.0 bits: above H = 3.5 until update 500
     for r in results:
