@@ -298,12 +298,7 @@ def run(spec: RunSpec, results_root: Path, work_root: Path = WORK_ROOT,
     save_dir = save_dir_of(work_root, spec)
     places = places_of(spec, save_dir, Path(work_root))
     args = portable(spec.command(save_dir)[1:], places)
-    resumed_at = resume_point(save_dir, args)
-    if resumed_at is None:  # new, or killed before its first checkpoint (or with other settings): start over
-        shutil.rmtree(save_dir, ignore_errors=True)
-        save_dir.mkdir(parents=True)
-        RunInfo(label=spec.arm, seed=spec.seed, corpus=spec.corpus, budget_updates=spec.budget_updates,
-                fairseq_args=args, **spec.report_info).write(save_dir)
+    resumed_at = _open_save_dir(spec, save_dir, args)
     loadavg_before = os.getloadavg()
     if resumed_at is not None and resumed_at >= spec.budget_updates:  # it finished; only its result was lost
         code, stopped, wall = 0, False, 0.0
@@ -337,6 +332,19 @@ def run(spec: RunSpec, results_root: Path, work_root: Path = WORK_ROOT,
         for checkpoint in save_dir.glob("checkpoint*.pt"):
             checkpoint.unlink()
     return result
+
+
+def _open_save_dir(spec: RunSpec, save_dir: Path, args: Sequence[str]) -> int | None:
+    """The update the run goes on from (:func:`resume_point`), or None after emptying
+    ``save_dir`` for a fresh start (new, killed before its first checkpoint, or other
+    arguments) and writing its ``run.json``."""
+    resumed_at = resume_point(save_dir, args)
+    if resumed_at is None:
+        shutil.rmtree(save_dir, ignore_errors=True)
+        save_dir.mkdir(parents=True)
+        RunInfo(label=spec.arm, seed=spec.seed, corpus=spec.corpus, budget_updates=spec.budget_updates,
+                fairseq_args=list(args), **spec.report_info).write(save_dir)
+    return resumed_at
 
 
 def resume_point(save_dir: Path, args: Sequence[str]) -> int | None:
@@ -537,7 +545,8 @@ def warm_start(spec: RunSpec, margin_bits: float, store_root: Path, work_root: P
     its training text's), then its weights stored under ``store_root/<corpus>/<fingerprint>/``
     with ``warm_start.json``. Reused whenever that record exists. It trains in
     ``work_root/warm-start/<corpus>/<fingerprint>``, so warm starts of other settings (data,
-    tokenizer, dictionary) can train side by side."""
+    tokenizer, dictionary) can train side by side; a killed one goes on from its last
+    validation's checkpoint."""
     if margin_bits < 0:
         raise ValueError(f"margin_bits must be >= 0, got {margin_bits}")
     entropy = corpus_entropy(str(spec.data_dir)) if entropy_bits is None else float(entropy_bits)
@@ -550,8 +559,8 @@ def warm_start(spec: RunSpec, margin_bits: float, store_root: Path, work_root: P
     threshold = entropy - margin_bits
     trainer = replace(spec, keep_checkpoints=True, fairseq=(*spec.fairseq, *_checkpoint_every(spec.fairseq)))
     save_dir = Path(work_root) / "warm-start" / spec.corpus / fingerprint
-    shutil.rmtree(save_dir, ignore_errors=True)
-    save_dir.mkdir(parents=True)
+    places = places_of(spec, save_dir, Path(work_root))
+    _open_save_dir(trainer, save_dir, portable(trainer.command(save_dir)[1:], places))  # a killed one goes on
 
     def saved_below(curve: Curve) -> list[tuple[int, float]]:
         return [(u, x) for u, x in curve if x < threshold and checkpoint_at(save_dir, u) is not None]
@@ -572,7 +581,6 @@ def warm_start(spec: RunSpec, margin_bits: float, store_root: Path, work_root: P
     update, loss = below[0]  # the first: the same whenever the poll noticed it
     _store_weights(checkpoint_at(save_dir, update), home / "checkpoint.pt")
     made = WarmStart(home / "checkpoint.pt", fingerprint, update, loss, entropy, margin_bits)
-    places = places_of(spec, save_dir, Path(work_root))
     write_json(record, {"warm_start": made.record(), "corpus": spec.corpus, "wall_time_s": wall,
                         "val_curve": [list(p) for p in curve],
                         "fairseq_args": portable(trainer.command(save_dir)[1:], places)})
@@ -583,7 +591,7 @@ def warm_start(spec: RunSpec, margin_bits: float, store_root: Path, work_root: P
 def _checkpoint_every(fairseq: Sequence[str]) -> list[str]:
     if not (every := validation_interval(fairseq)):
         raise ValueError("warm_start: the spec's fairseq options need --validate-interval-updates")
-    return ["--save-interval-updates", str(every), "--no-epoch-checkpoints", "--no-last-checkpoints"]
+    return ["--save-interval-updates", str(every), "--no-epoch-checkpoints"]
 
 
 def checkpoint_at(save_dir: Path, update: int) -> Path | None:

@@ -230,6 +230,33 @@ def test_warm_start_is_trained_once_below_the_margin_and_stores_weights_only(tmp
         harness.warm_start(spec, 3.0, tmp_path / "store", tmp_path / "work", entropy_bits=3.5)
 
 
+def test_a_killed_warm_start_goes_on_from_its_last_checkpoint(tmp_path, monkeypatch):
+    spec, seen = _spec(tmp_path, arm="warm", budget=10), []
+
+    def killed(saves_last):
+        def train(spec_, save_dir, stop):
+            seen.append(sorted(p.name for p in save_dir.iterdir()))
+            (save_dir / "partial.log").write_text("")
+            if saves_last:
+                torch.save({"optimizer_history": [{"num_updates": 4}]}, save_dir / "checkpoint_last.pt")
+            raise KeyboardInterrupt
+        return train
+
+    def warm():
+        return harness.warm_start(spec, 0.5, tmp_path / "store", tmp_path / "work", entropy_bits=3.5)
+
+    for saves_last in (False, True):
+        monkeypatch.setattr(harness, "_train", killed(saves_last))
+        with pytest.raises(KeyboardInterrupt):
+            warm()
+    fake = FakeFairseq(losses=(6.0, 4.0, 3.2, 2.5))
+    monkeypatch.setattr(harness, "_train", lambda s, d, stop: seen.append(sorted(p.name for p in d.iterdir()))
+                        or fake(s, d, stop))
+    assert warm().update == 8
+    # killed before its first checkpoint: starts over; killed after one: goes on in the same save dir
+    assert seen == [["run.json"], ["run.json"], ["checkpoint_last.pt", "partial.log", "run.json"]]
+
+
 @pytest.mark.e2e
 def test_arms_from_a_warm_start_begin_with_its_weights(tiny_corpus, tmp_path):
     """Real fairseq-train: a warm start past a (generous) entropy, then two arms with other
