@@ -260,8 +260,8 @@ def test_a_killed_warm_start_goes_on_from_its_last_checkpoint(tmp_path, monkeypa
 @pytest.mark.e2e
 def test_arms_from_a_warm_start_begin_with_its_weights(tiny_corpus, tmp_path):
     """Real fairseq-train: a warm start past a (generous) entropy, then two arms with other
-    seeds and masking at lr 0 for one update: both hold exactly the stored weights, which a
-    cold start with another seed does not."""
+    seeds and masking at lr 0 for one update: both hold exactly the stored weights (trained 4
+    updates from seed 3's initialisation, so no initialisation of theirs can match them)."""
     store, work, results = tmp_path / "store", tmp_path / "work", tmp_path / "results"
     base = harness.RunSpec(corpus="tiny", data_dir=tiny_corpus, arm="warm", seed=3, budget_updates=40, model=MODEL,
                            fairseq=("--validate-interval-updates", "4", "--validate-interval", "1000000",
@@ -270,22 +270,19 @@ def test_arms_from_a_warm_start_begin_with_its_weights(tiny_corpus, tmp_path):
     assert made.update == 4  # the first validation is below 20 bits
     warm = torch.load(made.checkpoint, weights_only=False)["model"]
 
-    def one_update(arm, seed, mask, warm_start):
+    def one_update(arm, seed, mask):
         spec = harness.RunSpec(corpus="tiny", data_dir=tiny_corpus, arm=arm, seed=seed, budget_updates=1,
                                model=(*MODEL[:-1], "0"), fairseq=("--save-interval-updates", "1"),
                                arm_args=("--mask-prob", mask), tokenizer="word", keep_checkpoints=True,
-                               warm_start=warm_start)
+                               warm_start=made)
         weights = {}
         result = harness.run(spec, results, work, finish=lambda save_dir, r: weights.update(torch.load(
             save_dir / "checkpoint_1_1.pt", weights_only=False)["model"]) or {})
-        assert result["warm_start"] == (made.record() if warm_start else None)
+        assert result["warm_start"] == made.record()
         return weights
 
-    arms = [one_update("low", 1, "0.15", made), one_update("high", 2, "0.45", made)]
-    for weights in arms:
+    for weights in [one_update("low", 1, "0.15"), one_update("high", 2, "0.45")]:
         assert weights.keys() == warm.keys() and all(torch.equal(weights[k], warm[k]) for k in warm)
-    cold = one_update("cold", 2, "0.15", None)
-    assert not all(torch.equal(cold[k], warm[k]) for k in warm)
 
 
 @pytest.mark.e2e

@@ -1,5 +1,6 @@
-"""benchmarks/pretrain.py end to end on a user's text: the pilot, then every policy for two
-updates; results, the criteria and the summary are written, and nothing reruns."""
+"""benchmarks/pretrain.py end to end on a user's text: the pilot, then one policy of each kind
+(constant, schedule, random, GP-TS) for two updates; results, the criteria and the summary are
+written, and nothing reruns."""
 
 from __future__ import annotations
 
@@ -21,12 +22,13 @@ def _task_ready() -> bool:
 @pytest.mark.e2e  # trains with fairseq-train in subprocesses, through the harness
 @pytest.mark.skipif(not _task_ready(), reason="needs the gpts_mlm task and the bandit")
 @pytest.mark.skipif(not (SHARED / "linux").is_dir(), reason="needs ../shared/data")
-def test_pilot_and_every_policy_on_a_user_text(tmp_path, monkeypatch, capsys):
+def test_pilot_and_each_kind_of_policy_on_a_user_text(tmp_path, monkeypatch, capsys):
     lines = (SHARED / "linux" / "train.txt").read_text(encoding="utf-8").splitlines()[:400]
     text = tmp_path / "mine.txt"
     text.write_text("\n".join(lines) + "\n", encoding="utf-8")
     results = tmp_path / "results"
-    argv = ["--text", str(text), "--text-name", "mine", "--seeds", "1",
+    policies = ["constant-0.15", "schedule-0.30-0.15", "random", "gp-ts-trend"]  # the reference and the scored one
+    argv = ["--text", str(text), "--text-name", "mine", "--seeds", "1", "--policies", *policies,
             "--pilot-max-updates", "4", "--budget-updates", "2", "--interaction-updates", "1", "--jobs", "2",
             "--data-root", str(tmp_path / "data"), "--work-root", str(tmp_path / "work"), "--results-root", str(results)]
     assert pretrain.main(argv) == 0
@@ -36,8 +38,9 @@ def test_pilot_and_every_policy_on_a_user_text(tmp_path, monkeypatch, capsys):
     assert 0 < pilot["previous_token_entropy_bits"] < 8 and pilot["update_s"] > 0 and pilot["forward_cost_updates"] > 0
     assert json.loads((results / "pilot" / "interaction_length.json").read_text())["rows"]
     progress = capsys.readouterr().out
-    assert f"[{len(pretrain.POLICIES)}/{len(pretrain.POLICIES)}] mine" in progress and "left" in progress
-    for name, policy in pretrain.POLICIES.items():
+    assert "[4/4] mine" in progress and "left" in progress
+    for name in policies:
+        policy = pretrain.POLICIES[name]
         result = json.loads(harness.result_path(results, "mine", name, 1).read_text())
         assert result["budget_updates"] == 2 and result["corpus"] == "mine" and result["seed"] == 1
         assert [u for u, _ in result["val_curve"]] == [1, 2] and result["final_val_loss"] > 0
