@@ -559,8 +559,8 @@ def warm_start(spec: RunSpec, margin_bits: float, store_root: Path, work_root: P
     threshold = entropy - margin_bits
     trainer = replace(spec, keep_checkpoints=True, fairseq=(*spec.fairseq, *_checkpoint_every(spec.fairseq)))
     save_dir = Path(work_root) / "warm-start" / spec.corpus / fingerprint
-    places = places_of(spec, save_dir, Path(work_root))
-    _open_save_dir(trainer, save_dir, portable(trainer.command(save_dir)[1:], places))  # a killed one goes on
+    args = portable(trainer.command(save_dir)[1:], places_of(spec, save_dir, Path(work_root)))
+    _open_save_dir(trainer, save_dir, args)  # a killed one goes on
 
     def saved_below(curve: Curve) -> list[tuple[int, float]]:
         return [(u, x) for u, x in curve if x < threshold and checkpoint_at(save_dir, u) is not None]
@@ -583,7 +583,7 @@ def warm_start(spec: RunSpec, margin_bits: float, store_root: Path, work_root: P
     made = WarmStart(home / "checkpoint.pt", fingerprint, update, loss, entropy, margin_bits)
     write_json(record, {"warm_start": made.record(), "corpus": spec.corpus, "wall_time_s": wall,
                         "val_curve": [list(p) for p in curve],
-                        "fairseq_args": portable(trainer.command(save_dir)[1:], places)})
+                        "fairseq_args": args})
     shutil.rmtree(save_dir)
     return made
 
