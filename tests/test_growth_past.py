@@ -45,6 +45,25 @@ def test_growth_targets_and_criteria():
     assert g1.status == "FAIL"
     g1, g2 = growth_past.score(_growth(0.5, stall=True), entropy)
     assert (g1.status, g2.status) == ("FAIL", "FAIL")
+    assert "sd not finite" in g2.detail
+
+
+def test_g2_reports_the_measured_spread_and_the_ratio_it_detects():
+    """Ratios 0.5, 0.6, 0.7 on each corpus: the sd of ln r over the 6 pairs, and the true ratio
+    6 pairs detect at that sd (power 80 %, G2's one-sided 5 % test)."""
+    import math
+    import statistics
+
+    from benchmarks import power
+
+    results = []
+    for seed, speedup in zip(growth_past.SEEDS, (0.5, 0.6, 0.7)):
+        results += [r for r in _growth(speedup) if r["seed"] == seed]
+    _, g2 = growth_past.score(results, {"wikitext-2": H, "linux": H})
+    sd = statistics.stdev([math.log(x) for x in (0.5, 0.6, 0.7) * 2])
+    detected = math.exp(-power.detectable(6, sd, 0.05))
+    assert g2.status == "PASS" and f"sd of ln r {sd:.3f}, so 6 pairs detect a true ratio of {detected:.2f}" in g2.detail
+    assert 0.5 < detected < 1.0
 
 
 def test_growth_runs_mask_030_through_the_growth_settings(tmp_path, monkeypatch):
@@ -66,6 +85,8 @@ def test_summary_tables_the_ratio_at_every_target_and_plots_loss_against_flops(t
 
     for result in _growth(0.5):
         result["schedule"] = {"stage_updates": [2000], "flops_per_update": [1.0 if result["arm"] == "fixed" else 0.5]}
+        result.update(growths=[{"update": 1000, "loss_before": 3.2, "loss_after": 3.45}] if result["arm"] == "compound"
+                      else [], loadavg_before=[1.5, 1.0, 1.0], resumed_at_update=None)
         harness.write_json(tmp_path / result["corpus"] / result["arm"] / f"seed{result['seed']}.json", result)
     monkeypatch.setattr(growth_past, "RESULTS", tmp_path)
     monkeypatch.setattr(growth_past, "data_dir", lambda corpus: tmp_path / corpus)
@@ -74,4 +95,6 @@ def test_summary_tables_the_ratio_at_every_target_and_plots_loss_against_flops(t
     assert "- (G1) **PASS**" in text
     row = next(line for line in text.splitlines() if line.startswith("| linux | 2 |"))
     assert row.count(", 0.50") == 3  # compound reaches each target at half the fixed run's FLOPs
-    assert (tmp_path / "loss.png").stat().st_size > 10_000
+    reported = [line for line in text.splitlines() if line.startswith("| linux | 2 |")][1]
+    assert reported == "| linux | 2 | +0.250 at 1000 | 1.00 | 1.00 | 1.00 | 1.5, 1.5 | –, – |"  # same wall clock
+    assert (tmp_path / "loss.png").stat().st_size > 10_000 and (tmp_path / "loss_wall.png").stat().st_size > 10_000
