@@ -145,12 +145,14 @@ def write_summary(corpora_names: Sequence[str] = past_plateau.CORPORA) -> Path:
     lines = ["# Progressive growth past the plateau", "",
              "Protocol and criteria: docs/experiments/growth-past-plateau.md (fixed before any run).", "",
              *(v.line() for v in score(results, entropy, corpora_names)), "",
-             "| corpus | arm | seed | budget | final (bits) | share below H |", "|---|---|---:|---:|---:|---:|"]
+             "| corpus | arm | seed | budget | final (bits) | share below H | first validation below H |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for r in results:
         budget = r["budget_updates"] if r["arm"] != "pilot" else None  # a pilot stops at 2.5 U*, not its budget
         share = harness.passed_previous_token_entropy(r["val_curve"], entropy[r["corpus"]], budget)
+        first = pretrain.crossing_update(r["val_curve"], entropy[r["corpus"]])
         lines.append(f"| {r['corpus']} | {r['arm']} | {r['seed']} | {r['budget_updates']} | "
-                     f"{r['val_curve'][-1][1]:.4f} | {share:.0%} |")
+                     f"{r['val_curve'][-1][1]:.4f} | {share:.0%} | {'never' if first is None else first} |")
     by = {(r["corpus"], r["arm"], r["seed"]): r for r in results}
     if pairs := [(k[0], k[2], by[k], by[(k[0], "compound", k[2])]) for k in by
                  if k[1] == "fixed" and (k[0], "compound", k[2]) in by]:
