@@ -175,11 +175,11 @@ def write_summary(corpora_names: Sequence[str] = past_plateau.CORPORA) -> Path:
     if runs := [r for r in results if r["arm"] in ARMS]:
         figure = harness.plot_curves(runs, RESULTS / "loss.png", "training TFLOPs",
                                      lambda r, update: growth.flops_at(r["schedule"], update) / 1e12, entropy)
-        per_seed = [dict(r, arm=f"{r['arm']} seed {r['seed']}", val_curve=[
-            [p["update"], p["loss"]] for p in r["curve"] if p["train_wall_s"] is not None]) for r in runs]
+        per_seed = [dict(r, arm=f"{r['arm']} seed {r['seed']}", wall_at=wall_at, val_curve=[
+            [u, loss] for u, loss in r["val_curve"] if u in wall_at]) for r in runs
+            if (wall_at := {p["update"]: p["train_wall_s"] for p in r["curve"] if p["train_wall_s"] is not None})]
         walls = harness.plot_curves(per_seed, RESULTS / "loss_wall.png", "training wall time, s",
-                                    lambda r, update: dict((p["update"], p["train_wall_s"]) for p in r["curve"])[update],
-                                    entropy)
+                                    lambda r, update: r["wall_at"][update], entropy)
         lines += ["", f"![loss against training FLOPs]({figure.name})", "",
                   f"![loss against training wall time, each seed]({walls.name})"]
     return past_plateau.write_summary(RESULTS, lines)
