@@ -148,7 +148,7 @@ def write_summary(corpora_names: Sequence[str] = past_plateau.CORPORA) -> Path:
              "| corpus | arm | seed | budget | final (bits) | share below H | first validation below H |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for r in results:
-        budget = r["budget_updates"] if r["arm"] != "pilot" else None  # a pilot stops at 2.5 U*, not its budget
+        budget = None if r.get("stopped_early") else r["budget_updates"]  # a stopped run: up to where it stopped
         share = harness.passed_previous_token_entropy(r["val_curve"], entropy[r["corpus"]], budget)
         first = pretrain.crossing_update(r["val_curve"], entropy[r["corpus"]])
         lines.append(f"| {r['corpus']} | {r['arm']} | {r['seed']} | {r['budget_updates']} | "

@@ -88,11 +88,15 @@ def test_summary_tables_the_ratio_at_every_target_and_plots_loss_against_flops(t
         result.update(growths=[{"update": 1000, "loss_before": 3.2, "loss_after": 3.45}] if result["arm"] == "compound"
                       else [], loadavg_before=[1.5, 1.0, 1.0], resumed_at_update=None)
         harness.write_json(tmp_path / result["corpus"] / result["arm"] / f"seed{result['seed']}.json", result)
+    pilot = dict(_result("linux", "pilot", 0, 3.0, budget=2000, start=3.8), budget_updates=8000, stopped_early=True)
+    harness.write_json(tmp_path / "linux" / "pilot" / "seed0.json", pilot)
     monkeypatch.setattr(growth_past, "RESULTS", tmp_path)
     monkeypatch.setattr(growth_past, "data_dir", lambda corpus: tmp_path / corpus)
     monkeypatch.setattr(harness, "corpus_entropy", lambda data: H)
     text = growth_past.write_summary().read_text()
     assert "- (G1) **PASS**" in text
+    # a pilot stopped by its stop rule: its share below H is over the updates it ran, not its planned 8,000
+    assert "| linux | pilot | 0 | 8000 | 3.0000 | 65% | 800 |" in text  # below H from update 700: 1,300 of 2,000 (16 % of 8,000)
     row = next(line for line in text.splitlines() if line.startswith("| linux | 2 |"))
     assert row.count(", 0.50") == 3  # compound reaches each target at half the fixed run's FLOPs
     reported = [line for line in text.splitlines() if line.startswith("| linux | 2 |")][1]
