@@ -254,7 +254,7 @@ def plateau_lines(corpora_names: Sequence[str]) -> list[str]:
         entropy = harness.corpus_entropy(str(data_dir(corpus)))
         for result in sorted(harness.load_results(RESULTS, corpus), key=lambda r: (r["seed"], r["arm"])):
             if result["arm"] == "supernet" or "test_loss_bits" in result:
-                below = harness.passed_previous_token_entropy(result["val_curve"], entropy, result["budget_updates"])
+                below = harness.share_below_entropy(result, entropy)
                 lines.append(f"| {corpus} | {result['seed']} | {result['arm']} | {result['val_curve'][-1][1]:.3f} | "
                              f"{entropy:.3f} | {below:.0%} |")
     return lines

@@ -148,8 +148,7 @@ def write_summary(corpora_names: Sequence[str] = past_plateau.CORPORA) -> Path:
              "| corpus | arm | seed | budget | final (bits) | share below H | first validation below H |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for r in results:
-        budget = None if r.get("stopped_early") else r["budget_updates"]  # a stopped run: up to where it stopped
-        share = harness.passed_previous_token_entropy(r["val_curve"], entropy[r["corpus"]], budget)
+        share = harness.share_below_entropy(r, entropy[r["corpus"]])
         first = pretrain.crossing_update(r["val_curve"], entropy[r["corpus"]])
         lines.append(f"| {r['corpus']} | {r['arm']} | {r['seed']} | {r['budget_updates']} | "
                      f"{r['val_curve'][-1][1]:.4f} | {share:.0%} | {'never' if first is None else first} |")

@@ -250,6 +250,13 @@ def passed_previous_token_entropy(curve: Curve, entropy: float | Path, budget_up
     return below / budget
 
 
+def share_below_entropy(result: dict, entropy: float | Path) -> float:
+    """:func:`passed_previous_token_entropy` of a result: over its budget, or, for a run its
+    ``stop`` rule ended, over the updates it ran."""
+    budget = None if result.get("stopped_early") else result["budget_updates"]
+    return passed_previous_token_entropy(result["val_curve"], entropy, budget)
+
+
 @lru_cache(maxsize=None)
 def corpus_entropy(data_dir: str) -> float:
     return corpora.prepared_entropy(Path(data_dir))

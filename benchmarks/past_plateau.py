@@ -68,7 +68,7 @@ def below_share_failures(results: Sequence[dict], entropy: dict[str, float], sha
     """The runs below their corpus' previous-token entropy for less than ``share`` of their budget."""
     failing = []
     for r in results:
-        got = harness.passed_previous_token_entropy(r["val_curve"], entropy[r["corpus"]], r["budget_updates"])
+        got = harness.share_below_entropy(r, entropy[r["corpus"]])
         if got < share:
             failing.append(f"{r['corpus']} {r['arm']} seed {r['seed']} ({got:.0%} below)")
     return failing
@@ -97,9 +97,8 @@ def plateau_table(results: Sequence[dict], entropy: dict[str, float]) -> str:
     rows: dict[tuple[str, str], list[tuple[float, int | None]]] = {}
     for r in results:
         bits = entropy[r["corpus"]]
-        share = harness.passed_previous_token_entropy(r["val_curve"], bits, r["budget_updates"])
-        first = next((int(u) for u, x in r["val_curve"] if x < bits), None)
-        rows.setdefault((r["corpus"], r["arm"]), []).append((share, first))
+        rows.setdefault((r["corpus"], r["arm"]), []).append(
+            (harness.share_below_entropy(r, bits), pretrain.crossing_update(r["val_curve"], bits)))
     return harness.md_table(
         ["corpus", "arm", "runs", "H(X_i∣X_i−1), bits", "budget below H (min–max over seeds)",
          "first validation below H (latest seed)"], "llrrrr",

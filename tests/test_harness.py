@@ -204,6 +204,10 @@ def test_share_of_the_budget_below_the_previous_token_entropy(tmp_path):
     assert harness.passed_previous_token_entropy([(10, bits + 0.01)], data) == 0.0
     with pytest.raises(ValueError, match="empty curve"):
         harness.passed_previous_token_entropy([], 3.0)
+    # a result: over its budget, or over the updates it ran where its stop rule ended it
+    result = {"val_curve": [list(p) for p in curve], "budget_updates": 800, "stopped_early": False}
+    assert harness.share_below_entropy(result, 3.5) == pytest.approx(0.25)
+    assert harness.share_below_entropy(dict(result, stopped_early=True), 3.5) == pytest.approx(0.5)
 
 
 def test_warm_start_is_trained_once_below_the_margin_and_stores_weights_only(tmp_path, monkeypatch):
