@@ -131,7 +131,7 @@ def score(results: Sequence[dict], entropy: dict[str, float], corpora_names: Seq
 
 def spread_note(logs: Sequence[float]) -> str:
     """The sd of the pairs' ln ratios and the ratio those pairs detect (G2's test, 80 % power)."""
-    if math.inf in logs or len(logs) < 2:
+    if math.inf in logs:
         return "sd not finite (a target compound never reached)"
     if (sd := statistics.stdev(logs)) == 0:
         return "sd of ln r 0 (every pair has the same ratio)"

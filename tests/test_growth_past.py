@@ -97,8 +97,7 @@ def test_summary_tables_the_ratio_at_every_target_and_plots_loss_against_flops(t
     assert "- (G1) **PASS**" in text
     # a pilot stopped by its stop rule: its share below H is over the updates it ran, not its planned 8,000
     assert "| linux | pilot | 0 | 8000 | 3.0000 | 65% | 800 |" in text  # below H from update 700: 1,300 of 2,000 (16 % of 8,000)
-    row = next(line for line in text.splitlines() if line.startswith("| linux | 2 |"))
+    row, reported = [line for line in text.splitlines() if line.startswith("| linux | 2 |")]
     assert row.count(", 0.50") == 3  # compound reaches each target at half the fixed run's FLOPs
-    reported = [line for line in text.splitlines() if line.startswith("| linux | 2 |")][1]
     assert reported == "| linux | 2 | +0.250 at 1000 | 1.00 | 1.00 | 1.00 | 1.5, 1.5 | –, – |"  # same wall clock
     assert (tmp_path / "loss.png").stat().st_size > 10_000 and (tmp_path / "loss_wall.png").stat().st_size > 10_000
